@@ -1,0 +1,5 @@
+import sys
+
+from amoebasearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""`amoebasearch <verb>`: thin shells over library functions. Only this package parses arguments,
+prints, and chooses files; every verb's work is a library call a notebook can make too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from amoebasearch.cli import export, info
+from amoebasearch.errors import UsageError
+
+VERBS = (info, export)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and pointing at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="amoebasearch",
+        description="One LLM, any shape: plan, train, profile and search subnets per device and budget.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
+    verbs.required = True
+    for verb in VERBS:
+        verb.register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UsageError as err:
+        print(f"amoebasearch {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"amoebasearch {args.verb}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Arguments and look-ups shared by several verbs."""
+
+from __future__ import annotations
+
+import argparse
+
+from amoebasearch.models import DEFAULT_MODEL
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"embedded model name or Hugging Face checkpoint directory (default: {DEFAULT_MODEL})",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value

@@ -1,0 +1,100 @@
+"""Materialise a `Shape` as a standalone Hugging Face model with physically sliced weights.
+
+The elastic forward (``elastic.use_shape``) and this module slice the same indices
+(``elastic.width_indices``), so the exported model's logits equal the elastic forward's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amoebasearch.elastic import slice_linear_weight, width_indices
+from amoebasearch.errors import UsageError
+from amoebasearch.models import decoder_layers, model_signature, projections
+from amoebasearch.ordering import Ordering
+from amoebasearch.shape import ModelDims, Shape
+
+
+def subnet_config(config: Any, shape: Shape) -> Any:
+    """The config of the exported subnet: fewer layers, heads and FFN channels; same head_dim."""
+    dims = ModelDims.from_config(config)
+    new = copy.deepcopy(config)
+    new.num_hidden_layers = shape.depth
+    new.num_attention_heads = shape.heads
+    new.intermediate_size = shape.ffn
+    new.head_dim = dims.head_dim  # must be explicit: hidden_size // heads no longer holds
+    if getattr(config, "layer_types", None) is not None:
+        new.layer_types = [config.layer_types[i] for i in shape.layers]
+    if getattr(config, "max_window_layers", None) is not None:
+        new.max_window_layers = min(config.max_window_layers, shape.depth)
+    return new
+
+
+@torch.no_grad()
+def extract(model: nn.Module, shape: Shape, ordering: Ordering | None = None) -> nn.Module:
+    """A new model of the same family holding only the shape's weights (sliced copies)."""
+    dims = ModelDims.from_config(model.config)
+    shape.validate(dims)
+    ordering = ordering if ordering is not None else Ordering.identity(dims)
+    config = subnet_config(model.config, shape)
+    dtype = next(model.parameters()).dtype
+    subnet = type(model)(config).to(dtype=dtype)
+    subnet.eval()
+
+    source_layers = decoder_layers(model)
+    target_layers = decoder_layers(subnet)
+    for position, index in enumerate(shape.layers):
+        source, target = source_layers[index], target_layers[position]
+        slices = width_indices(index, shape, ordering, dims)
+        source_linears, target_linears = projections(source), projections(target)
+        for role, linear in source_linears.items():
+            weight, bias = slice_linear_weight(linear, *slices.get(role, (None, None)))
+            target_linears[role].weight.copy_(weight)
+            if bias is not None:
+                target_linears[role].bias.copy_(bias)
+        target.input_layernorm.load_state_dict(source.input_layernorm.state_dict())
+        target.post_attention_layernorm.load_state_dict(source.post_attention_layernorm.state_dict())
+
+    subnet.model.embed_tokens.load_state_dict(model.model.embed_tokens.state_dict())
+    subnet.model.norm.load_state_dict(model.model.norm.state_dict())
+    if not getattr(config, "tie_word_embeddings", False):
+        subnet.lm_head.load_state_dict(model.lm_head.state_dict())
+    subnet.config.amoebasearch = {
+        "shape": shape.to_dict(),
+        "parent_signature": model_signature(model.config),
+    }
+    return subnet
+
+
+def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> Path:
+    """Write a loadable checkpoint directory atomically (temp dir + rename)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: pass a directory path")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UsageError(f"--out {out} is a non-empty directory that is not a model: choose an empty path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        subnet.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shape = subnet.config.amoebasearch["shape"]
+        (tmp / "amoebasearch-shape.json").write_text(json.dumps(shape, indent=1) + "\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

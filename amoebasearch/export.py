@@ -7,16 +7,13 @@ The elastic forward (``elastic.use_shape``) and this module slice the same indic
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from amoebasearch import atomic
 from amoebasearch.elastic import slice_linear_weight, width_indices
 from amoebasearch.errors import UsageError
 from amoebasearch.models import decoder_layers, model_signature, projections
@@ -82,19 +79,9 @@ def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -
         raise UsageError(f"--out {out} is a file: pass a directory path")
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise UsageError(f"--out {out} is a non-empty directory that is not a model: choose an empty path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic.directory(out) as tmp:
         subnet.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        shape = subnet.config.amoebasearch["shape"]
-        (tmp / "amoebasearch-shape.json").write_text(json.dumps(shape, indent=1) + "\n")
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.write_json(tmp / "amoebasearch-shape.json", subnet.config.amoebasearch["shape"])
     return out

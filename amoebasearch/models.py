@@ -12,8 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from amoebasearch import atomic
 from amoebasearch.errors import UsageError
 from amoebasearch.shape import ModelDims
 
@@ -147,17 +146,10 @@ def _convert_gguf(name: str, target: Path) -> None:
     plain = type(model)(config)
     plain.load_state_dict(model.state_dict())
     model = plain
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic.directory(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "amoebasearch-source.json").write_text(json.dumps({"gguf": str(gguf), "name": name}) + "\n")
-        tmp.chmod(0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.write_json(tmp / "amoebasearch-source.json", {"gguf": str(gguf), "name": name})
 
 
 def resolve(name_or_path: str) -> tuple[str, Path]:
@@ -170,9 +162,7 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         known = ", ".join(EMBEDDED_MODELS)
-        raise UsageError(
-            f"model {name_or_path!r} is neither an embedded model ({known}) nor an existing directory"
-        )
+        raise UsageError(f"model {name_or_path!r} is neither an embedded model ({known}) nor an existing directory")
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} has no config.json: pass a Hugging Face checkpoint directory")
     return path.resolve().name, path

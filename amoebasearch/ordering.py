@@ -72,15 +72,15 @@ class Ordering:
             )
         for layer in range(dims.num_layers):
             groups = self.head_order[layer]
-            if len(groups) != dims.num_kv_heads or any(
-                sorted(g) != list(range(dims.heads_per_group)) for g in groups
-            ):
+            if len(groups) != dims.num_kv_heads or any(sorted(g) != list(range(dims.heads_per_group)) for g in groups):
                 raise UsageError(f"the plan's head ranking for layer {layer} does not match the model's heads")
             if sorted(self.ffn_order[layer]) != list(range(dims.ffn)):
                 raise UsageError(f"the plan's FFN ranking for layer {layer} is not a permutation of {dims.ffn}")
         for depth, layers in self.layer_sets.items():
-            if len(layers) != depth or list(layers) != sorted(set(layers)) or not all(
-                0 <= i < dims.num_layers for i in layers
+            if (
+                len(layers) != depth
+                or list(layers) != sorted(set(layers))
+                or not all(0 <= i < dims.num_layers for i in layers)
             ):
                 raise UsageError(f"the plan's layer set for depth {depth} is invalid: {list(layers)}")
         return self

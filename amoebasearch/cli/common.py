@@ -23,3 +23,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def add_plan_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", help="plan JSON from `amoebasearch plan` (default: identity ordering)")
+
+
+def plan_from_args(args: argparse.Namespace, config):
+    """The plan named by --plan (checked against the model), or the identity plan."""
+    from amoebasearch.planfile import Plan
+
+    if getattr(args, "plan", None):
+        return Plan.load(args.plan, config)
+    return Plan.identity(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from amoebasearch.cli.common import add_model_argument, positive_int
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args, positive_int
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract, save_subnet
 from amoebasearch.models import load, load_config
@@ -20,6 +20,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "omitted dimensions stay at the full model's size.",
     )
     add_model_argument(parser)
+    add_plan_argument(parser)
     parser.add_argument("--shape", help="shape JSON file with keys layers, heads, ffn")
     parser.add_argument("--depth", type=positive_int, help="number of decoder layers to keep")
     parser.add_argument("--heads", type=positive_int, help="query heads per layer (a multiple of the KV heads)")
@@ -46,8 +47,9 @@ def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Orderin
 
 
 def run(args: argparse.Namespace) -> int:
-    dims = ModelDims.from_config(load_config(args.model))
-    ordering = Ordering.identity(dims)
+    config = load_config(args.model)
+    dims = ModelDims.from_config(config)
+    ordering = plan_from_args(args, config).ordering
     shape = shape_from_args(args, dims, ordering)  # validate before the (slow) weight load
     loaded = load(args.model)
     subnet = extract(loaded.model, shape, ordering)

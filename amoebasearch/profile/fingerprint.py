@@ -1,0 +1,134 @@
+"""Who measured a table: the device, its state, and the software stack.
+
+On NVIDIA GPUs the fingerprint comes from NVML (``pynvml``, shipped as ``nvidia-ml-py``): name,
+UUID, memory, driver and CUDA versions, current/max clocks, power limit and throttle reasons.
+Clocks and throttle reasons are sampled again after profiling, because a card that throttled
+mid-run produces a table that will not reproduce. On CPU we record the model name, the core
+count and the threads torch used.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "pandas", "amoebasearch")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    import torch
+
+    return {
+        "kind": "cpu",
+        "name": cpu_model_name(),
+        "cores": os.cpu_count(),
+        "threads_used": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def nvml_state(index: int) -> dict[str, Any]:
+    """Clocks, temperature and throttle reasons now; call before and after a profiling run."""
+    import pynvml
+
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+    names = {
+        "gpu_idle": pynvml.nvmlClocksThrottleReasonGpuIdle,
+        "applications_clocks": pynvml.nvmlClocksThrottleReasonApplicationsClocksSetting,
+        "sw_power_cap": pynvml.nvmlClocksThrottleReasonSwPowerCap,
+        "hw_slowdown": pynvml.nvmlClocksThrottleReasonHwSlowdown,
+        "sw_thermal": pynvml.nvmlClocksThrottleReasonSwThermalSlowdown,
+        "hw_thermal": pynvml.nvmlClocksThrottleReasonHwThermalSlowdown,
+    }
+    return {
+        "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+        "temperature_c": pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+        "throttle_reasons": sorted(name for name, bit in names.items() if reasons & bit),
+    }
+
+
+def nvidia_fingerprint(index: int) -> dict[str, Any]:
+    """NVML description of GPU ``index`` (raises if NVML is unavailable)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {
+            "kind": "cuda",
+            "name": _decode(pynvml.nvmlDeviceGetName(handle)),
+            "uuid": _decode(pynvml.nvmlDeviceGetUUID(handle)),
+            "memory_bytes": int(memory.total),
+            "driver": _decode(pynvml.nvmlSystemGetDriverVersion()),
+            "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
+            "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "max_mem_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+            "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0,
+            "state_before": nvml_state(index),
+        }
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def cuda_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+def device_fingerprint(device: str) -> dict[str, Any]:
+    """The fingerprint of ``device`` ("cpu" or "cuda:N"), plus the host CPU for GPU runs."""
+    if not device.startswith("cuda"):
+        return cpu_fingerprint()
+    import torch
+
+    index = cuda_index(device)
+    try:
+        fingerprint = nvidia_fingerprint(index)
+    except Exception as err:  # NVML missing (e.g. non-NVIDIA CUDA build): fall back to torch's view
+        props = torch.cuda.get_device_properties(index)
+        fingerprint = {"kind": "cuda", "name": props.name, "memory_bytes": props.total_memory, "nvml_error": str(err)}
+    fingerprint["cuda_runtime"] = torch.version.cuda
+    fingerprint["host_cpu"] = cpu_fingerprint()
+    return fingerprint
+
+
+def device_slug(fingerprint: dict[str, Any]) -> str:
+    """A file-name-safe device name, e.g. ``nvidia-h100-80gb-hbm3`` or ``cpu-amd-epyc``."""
+    name = str(fingerprint.get("name", "unknown")).lower()
+    if fingerprint.get("kind") == "cpu" and not name.startswith("cpu"):
+        name = f"cpu-{name}"
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name)
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug.strip("-")

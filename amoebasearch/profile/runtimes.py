@@ -1,0 +1,237 @@
+"""Runtimes a table can be measured in, and the plug-in point for more.
+
+A runtime turns a tensor-only module (see ``blocks.py``) into a callable ``run(args)``.
+Built in: ``eager`` (PyTorch as is), ``compile`` (``torch.compile`` of every decoder block,
+the norm + head and the embedding: "regional" compilation, so one compiled graph serves every
+block and width instead of one compile per subnet; CUDA graphs via ``mode="reduce-overhead"``
+on GPU) and ``onnxruntime`` (each program exported to ONNX and run by an ORT session, CPU
+execution provider here, CUDA EP where the installed ORT has it).
+
+The serving engines of the paper's Figure 1 (MLC-LLM, vLLM, TensorRT-LLM) are registered as
+`PluginRuntime` entries that say what to install. To add one, subclass `Runtime`, implement
+``check`` and ``program`` (build the engine for the module's weights; return a callable that
+runs one step), and put an instance in `RUNTIMES`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amoebasearch.errors import UsageError
+
+Program = Callable[[tuple], Any]
+
+
+class Runtime:
+    name = "base"
+    #: time the Hugging Face model's own forward (with a DynamicCache) end to end, not `blocks.Decoder`
+    native_hf = False
+
+    def check(self, device: str, dtype: torch.dtype) -> None:
+        """Raise `UsageError` if this runtime cannot run on ``device`` in ``dtype``."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Adapt a freshly extracted model in place before its modules are wrapped (default: none)."""
+        return model
+
+    def program(self, module: nn.Module, example: tuple) -> Program:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class EagerRuntime(Runtime):
+    name = "eager"
+    native_hf = True
+
+    def program(self, module: nn.Module, example: tuple) -> Program:
+        def run(args: tuple) -> Any:
+            with torch.inference_mode():
+                return module(*args)
+
+        return run
+
+
+class CompileRuntime(EagerRuntime):
+    """``torch.compile`` per block (dynamic shapes), reused across blocks, widths and subnets."""
+
+    name = "compile"
+    native_hf = False
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+
+    def check(self, device: str, dtype: torch.dtype) -> None:
+        import torch._dynamo
+
+        # One graph per (phase, dtype) is the goal, but guard failures on new widths must never
+        # silently fall back to eager because a small recompile limit was reached.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+        if hasattr(torch._dynamo.config, "recompile_limit"):
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
+        self.mode = "reduce-overhead" if device.startswith("cuda") else None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        from amoebasearch.models import decoder_layers
+
+        for layer in decoder_layers(model):
+            layer.compile(dynamic=True, mode=self.mode)
+        model.model.embed_tokens.compile(dynamic=True, mode=self.mode)
+        model.model.norm.compile(dynamic=True, mode=self.mode)
+        model.lm_head.compile(dynamic=True, mode=self.mode)
+        return model
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "mode": self.mode or "default", "dynamic": True, "regional": True}
+
+
+class OnnxRuntime(Runtime):
+    """Export each program to ONNX (TorchScript exporter, static shapes) and run it with ORT."""
+
+    name = "onnxruntime"
+    opset = 17
+
+    def __init__(self) -> None:
+        self.providers: list[str] = []
+        self.device = "cpu"
+        self.threads = 1
+
+    def check(self, device: str, dtype: torch.dtype) -> None:
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            raise UsageError("runtime onnxruntime is not installed: run `pip install onnx onnxruntime`")
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in available:
+                raise UsageError("onnxruntime here has no CUDA execution provider: `pip install onnxruntime-gpu`")
+            self.providers = ["CUDAExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+            if dtype == torch.bfloat16:
+                raise UsageError("onnxruntime's CPU provider has no bfloat16 kernels: use --dtype float32")
+        self.device = device
+        self.threads = torch.get_num_threads()
+
+    def program(self, module: nn.Module, example: tuple) -> Program:
+        import onnxruntime as ort
+
+        names = [f"input{i}" for i in range(len(example))]
+        kept = [i for i, value in enumerate(example) if value is not None]
+        with tempfile.TemporaryDirectory(prefix="amoebasearch-onnx-") as tmp:
+            path = Path(tmp) / "program.onnx"
+            with torch.inference_mode(False), torch.no_grad():
+                torch.onnx.export(
+                    _DropNone(module, len(example), kept),
+                    tuple(example[i] for i in kept),
+                    str(path),
+                    input_names=[names[i] for i in kept],
+                    output_names=["output"],
+                    opset_version=self.opset,
+                    dynamo=False,
+                )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(str(path), options, providers=self.providers)
+        input_names = [names[i] for i in kept]
+        if self.device.startswith("cuda"):
+            return _cuda_program(session, input_names, kept, self.device)
+
+        def run(args: tuple) -> Any:
+            feed = {name: args[i].numpy() for name, i in zip(input_names, kept, strict=True)}
+            return session.run(None, feed)
+
+        return run
+
+    def settings(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"name": self.name, "providers": self.providers, "opset": self.opset, "ort": ort.__version__}
+
+
+class _DropNone(nn.Module):
+    """ONNX graphs take tensors only: drop the ``None`` arguments (e.g. no past during prefill)."""
+
+    def __init__(self, module: nn.Module, arity: int, kept: list[int]) -> None:
+        super().__init__()
+        self.module, self.arity, self.kept = module, arity, kept
+
+    def forward(self, *tensors):
+        args: list[Any] = [None] * self.arity
+        for i, tensor in zip(self.kept, tensors, strict=True):
+            args[i] = tensor
+        return self.module(*args)
+
+
+def _cuda_program(session, input_names: list[str], kept: list[int], device: str) -> Program:
+    """Run an ORT CUDA session on torch CUDA tensors in place (IO binding, no host copies)."""
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+
+    def run(args: tuple) -> Any:
+        binding = session.io_binding()
+        for name, i in zip(input_names, kept, strict=True):
+            tensor = args[i].contiguous()
+            binding.bind_input(
+                name=name,
+                device_type="cuda",
+                device_id=index,
+                element_type=_numpy_dtype(tensor.dtype),
+                shape=tuple(tensor.shape),
+                buffer_ptr=tensor.data_ptr(),
+            )
+        binding.bind_output("output", "cuda", index)
+        session.run_with_iobinding(binding)
+        return binding
+
+    return run
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    import numpy as np
+
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
+
+
+class PluginRuntime(Runtime):
+    """A serving engine we do not drive yet: checking it explains what is missing."""
+
+    def __init__(self, name: str, module: str, install: str) -> None:
+        self.name, self.module, self.install = name, module, install
+
+    def check(self, device: str, dtype: torch.dtype) -> None:
+        if importlib.util.find_spec(self.module) is None:
+            raise UsageError(f"runtime {self.name} is not installed (`{self.install}`); see profile/runtimes.py")
+        raise UsageError(
+            f"runtime {self.name} is installed but has no amoebasearch adapter yet: "
+            "subclass profile.runtimes.Runtime and register it in RUNTIMES"
+        )
+
+
+RUNTIMES: dict[str, Runtime | Callable[[], Runtime]] = {
+    "eager": EagerRuntime,
+    "compile": CompileRuntime,
+    "onnxruntime": OnnxRuntime,
+    "mlc-llm": lambda: PluginRuntime("mlc-llm", "mlc_llm", "pip install mlc-llm (see llm.mlc.ai)"),
+    "vllm": lambda: PluginRuntime("vllm", "vllm", "pip install vllm (CUDA only)"),
+    "tensorrt-llm": lambda: PluginRuntime("tensorrt-llm", "tensorrt_llm", "pip install tensorrt-llm (CUDA only)"),
+}
+
+
+def get_runtime(name: str, device: str, dtype: torch.dtype) -> Runtime:
+    """A checked runtime instance, or `UsageError` naming the known ones."""
+    if name not in RUNTIMES:
+        raise UsageError(f"unknown runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
+    factory = RUNTIMES[name]
+    runtime = factory() if callable(factory) else factory
+    runtime.check(device, dtype)
+    return runtime

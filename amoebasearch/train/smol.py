@@ -1,0 +1,313 @@
+"""SMoL, the shape-aware mixture of LoRAs (AmoebaLLM §3.3), split the peft way: config, layer, model.
+
+Every attention and MLP projection gets T LoRA pairs (A_t: r×in, B_t: out×r). One gate
+``G(shape encoding)`` picks the top-k of them for the running shape, so different shapes train
+different adapters and their gradients conflict less. The gate's only input is the shape, which is
+the same for every layer, so one gate serves the whole model and its choice is made once per forward.
+
+Inside ``elastic.use_shape`` a projection carries ``amoeba_slice = (rows, cols)``; `SMoLLinear`
+slices the base weight *and* its LoRAs with the same indices, which is what makes the merged
+export (``W + scale·Σ g_t B_t A_t``, then sliced) equal the elastic forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from amoebasearch import atomic
+from amoebasearch.elastic import slice_linear_weight, use_shape
+from amoebasearch.errors import UsageError
+from amoebasearch.models import decoder_layers, projections
+from amoebasearch.ordering import Ordering
+from amoebasearch.shape import ModelDims, Shape
+
+CONFIG_FILE = "smol_config.json"
+WEIGHTS_FILE = "smol.safetensors"
+
+
+@dataclass(frozen=True)
+class SMoLConfig:
+    """Adapter hyper-parameters. ``num_loras=1, top_k=1`` is a plain shared LoRA (the --no-smol ablation)."""
+
+    num_loras: int = 5
+    top_k: int = 2
+    rank: int = 64
+    alpha: float = 128.0
+    dropout: float = 0.0
+    noise: float = 1.0  # scale of the learned gate noise during training (noisy top-k gating)
+    balance_coef: float = 0.01  # weight of the load-balancing term
+    roles: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", tuple(self.roles))
+        if self.num_loras < 1 or self.rank < 1:
+            raise UsageError(f"SMoL needs at least one LoRA of rank >= 1 (got {self.num_loras} of rank {self.rank})")
+        if not 1 <= self.top_k <= self.num_loras:
+            raise UsageError(f"--top-k {self.top_k} must be between 1 and the number of LoRAs ({self.num_loras})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"LoRA dropout {self.dropout} must be in [0, 1)")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SMoLConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def shape_encoding(shape: Shape, dims: ModelDims) -> torch.Tensor:
+    """The gate's input: depth, head and FFN ratios of the shape to the full model."""
+    return torch.tensor(
+        [shape.depth / dims.num_layers, shape.heads / dims.num_heads, shape.ffn / dims.ffn], dtype=torch.float32
+    )
+
+
+@dataclass
+class Route:
+    """Which LoRAs the running shape uses and with what weights (set by `SMoLModel`, read by the layers)."""
+
+    index: torch.Tensor  # (k,) long
+    weight: torch.Tensor  # (k,) float, sums to 1
+
+
+class ShapeGate(nn.Module):
+    """G(shape encoding) -> sparse weights over T LoRAs: noisy top-k in training, plain top-k at inference.
+
+    The noise follows Shazeer et al. (2017): logits + N(0,1)·softplus(W_noise·e), so exploration
+    is learnable and vanishes where the gate is confident.
+    """
+
+    def __init__(self, num_loras: int, top_k: int, noise: float = 1.0, hidden: int = 16) -> None:
+        super().__init__()
+        self.num_loras, self.top_k, self.noise = num_loras, top_k, noise
+        self.net = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, num_loras))
+        self.noise_proj = nn.Linear(3, num_loras)
+
+    def logits(self, encoding: torch.Tensor, noisy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        clean = self.net(encoding)
+        if not noisy or self.noise == 0:
+            return clean
+        eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        return clean + self.noise * eps * F.softplus(self.noise_proj(encoding))
+
+    def forward(self, encoding: torch.Tensor, noisy: bool = False, generator: torch.Generator | None = None) -> Route:
+        logits = self.logits(encoding, noisy, generator)
+        top, index = logits.topk(self.top_k)
+        return Route(index=index, weight=top.softmax(-1))
+
+    def probabilities(self, encodings: torch.Tensor) -> torch.Tensor:
+        return self.net(encodings).softmax(-1)
+
+
+def load_balancing_loss(probabilities: torch.Tensor, chosen: torch.Tensor, num_loras: int) -> torch.Tensor:
+    """Switch-Transformer balance term T·Σ_t f_t·P_t over a batch of shapes.
+
+    ``probabilities``: (S, T) clean gate probabilities (with grad); ``chosen``: (S, k) selected
+    LoRA ids. f_t is the fraction of selections that went to LoRA t (no grad), P_t the mean
+    probability; the product is smallest when every LoRA gets an equal share.
+    """
+    counts = torch.bincount(chosen.reshape(-1), minlength=num_loras).to(probabilities.dtype)
+    fraction = counts / counts.sum()
+    return num_loras * (fraction * probabilities.mean(0)).sum()
+
+
+class SMoLLinear(nn.Linear):
+    """An nn.Linear (same ``weight``/``bias``, so base state-dict keys and export are unchanged)
+    plus T LoRA pairs stacked as ``lora_A`` (T, r, in) and ``lora_B`` (T, out, r).
+
+    The forward reads ``amoeba_slice`` (set by ``use_shape``) and the shared `Route`; B starts at
+    zero, so a fresh adapter leaves the model's outputs unchanged.
+    """
+
+    def __init__(self, base: nn.Linear, config: SMoLConfig, state: _RouteHolder) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        t, r = config.num_loras, config.rank
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(t, r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(t, self.out_features, r, device=device, dtype=dtype))
+        for a in self.lora_A:  # peft's default init: Kaiming-uniform A, zero B
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.scale = config.scale
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.route_holder = state
+
+    def delta(self, route: Route, out_index: torch.Tensor | None = None, in_index: torch.Tensor | None = None):
+        """scale·Σ_j w_j B_j A_j restricted to the given rows/columns (the weight a merge adds)."""
+        a, b = self._sliced_loras(route, out_index, in_index)
+        return self.scale * torch.einsum("k,kor,kri->oi", route.weight.to(a.dtype), b, a)
+
+    def _sliced_loras(self, route: Route, out_index, in_index):
+        a = self.lora_A.index_select(0, route.index.to(self.lora_A.device))
+        b = self.lora_B.index_select(0, route.index.to(self.lora_B.device))
+        if in_index is not None:
+            a = a.index_select(2, in_index.to(a.device))
+        if out_index is not None:
+            b = b.index_select(1, out_index.to(b.device))
+        return a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_index, in_index = getattr(self, "amoeba_slice", (None, None))
+        weight, bias = slice_linear_weight(self, out_index, in_index)
+        y = F.linear(x, weight, bias)
+        route = self.route_holder.route
+        if route is None:
+            return y
+        a, b = self._sliced_loras(route, out_index, in_index)
+        h = torch.einsum("...i,kri->...kr", self.dropout(x), a.to(x.dtype))
+        h = h * route.weight.to(h.dtype)[:, None]
+        return y + self.scale * torch.einsum("...kr,kor->...o", h, b.to(h.dtype))
+
+    def extra_repr(self) -> str:
+        t, r, _ = self.lora_A.shape
+        return f"{super().extra_repr()}, loras={t}, rank={r}"
+
+
+class _RouteHolder:
+    """Plain (non-Module) box the gate writes and every SMoL layer reads, so no layer holds the gate."""
+
+    route: Route | None = None
+
+
+class SMoLModel(nn.Module):
+    """A causal LM with SMoL adapters and a shape gate; runs any shape of the plan's shape space.
+
+    The base model's weights are frozen; only the LoRAs and the gate are trainable.
+    """
+
+    def __init__(self, base: nn.Module, config: SMoLConfig, ordering: Ordering | None = None) -> None:
+        super().__init__()
+        self.base = base
+        self.config = config
+        self.dims = ModelDims.from_config(base.config)
+        self.ordering = ordering if ordering is not None else Ordering.identity(self.dims)
+        self.holder = _RouteHolder()
+        for param in base.parameters():
+            param.requires_grad_(False)
+        for block in decoder_layers(base):
+            parents = {"q": block.self_attn, "k": block.self_attn, "v": block.self_attn, "o": block.self_attn}
+            parents.update({"gate": block.mlp, "up": block.mlp, "down": block.mlp})
+            for role, linear in projections(block).items():
+                if role not in config.roles or isinstance(linear, SMoLLinear):
+                    continue
+                name = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}.get(role, f"{role}_proj")
+                setattr(parents[role], name, SMoLLinear(linear, config, self.holder))
+        self.gate = ShapeGate(config.num_loras, config.top_k, config.noise)
+        self.gate.to(next(base.parameters()).device)
+
+    def smol_layers(self) -> list[tuple[str, SMoLLinear]]:
+        return [(name, m) for name, m in self.base.named_modules() if isinstance(m, SMoLLinear)]
+
+    def route(self, shape: Shape, noisy: bool = False, generator: torch.Generator | None = None) -> Route:
+        """The gate's choice for ``shape`` (a single LoRA needs no gate: its weight is 1)."""
+        device = self.gate.net[0].weight.device
+        if self.config.num_loras == 1:
+            return Route(torch.zeros(1, dtype=torch.long, device=device), torch.ones(1, device=device))
+        return self.gate(shape_encoding(shape, self.dims).to(device), noisy=noisy, generator=generator)
+
+    @contextlib.contextmanager
+    def shaped(self, shape: Shape, route: Route | None = None) -> Iterator[nn.Module]:
+        """Run the base model as ``shape`` with that shape's LoRAs active (deterministic top-k by default)."""
+        self.holder.route = route if route is not None else self.route(shape)
+        try:
+            with use_shape(self.base, shape, self.ordering) as model:
+                yield model
+        finally:
+            self.holder.route = None
+
+    def forward(self, shape: Shape, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, route=None):
+        with self.shaped(shape, route) as model:
+            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    # ------------------------------------------------------------ weights I/O (peft-style)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA and gate tensors only (the base model stays a reference, never copied)."""
+        state = {}
+        for name, layer in self.smol_layers():
+            state[f"{name}.lora_A"] = layer.lora_A.detach()
+            state[f"{name}.lora_B"] = layer.lora_B.detach()
+        for name, tensor in self.gate.state_dict().items():
+            state[f"gate.{name}"] = tensor.detach()
+        return state
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        layers = dict(self.smol_layers())
+        expected = set(self.adapter_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state))[:2], sorted(set(state) - expected)[:2]
+            raise UsageError(f"SMoL weights do not match this model (missing {missing}, unexpected {extra})")
+        with torch.no_grad():
+            for key, tensor in state.items():
+                if key.startswith("gate."):
+                    continue
+                name, param = key.rsplit(".", 1)
+                target = getattr(layers[name], param)
+                if target.shape != tensor.shape:
+                    raise UsageError(f"SMoL tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(target.shape)}")
+                target.copy_(tensor)
+        self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write ``smol_config.json`` + ``smol.safetensors`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        tmp = directory / f".{WEIGHTS_FILE}.tmp"
+        save_file(state, str(tmp), metadata={"format": "amoebasearch-smol"})
+        tmp.replace(directory / WEIGHTS_FILE)
+        atomic.write_json(directory / CONFIG_FILE, self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_adapter(cls, base: nn.Module, directory: str | Path, ordering: Ordering | None = None) -> SMoLModel:
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise UsageError(f"{directory} holds no SMoL adapter ({CONFIG_FILE} + {WEIGHTS_FILE}): run `amoebasearch train`")
+        config = SMoLConfig.from_dict(json.loads(config_path.read_text()))
+        model = cls(base, config, ordering)
+        model.load_adapter_state_dict(load_file(str(weights_path), device=str(next(base.parameters()).device)))
+        return model
+
+    # ------------------------------------------------------------ merge for export
+
+    @contextlib.contextmanager
+    def merged(self, shape: Shape) -> Iterator[nn.Module]:
+        """The base model with ``shape``'s active LoRAs added into its full-size weights, adapters off.
+
+        Slicing commutes with the merge (rows of B, columns of A), so ``export.extract`` on this
+        model gives the subnet whose plain forward equals the elastic SMoL forward. Weights are
+        restored exactly on exit.
+        """
+        saved = []
+        try:
+            with torch.no_grad():
+                route = self.route(shape)
+                for _, layer in self.smol_layers():
+                    saved.append((layer, layer.weight.detach().clone()))
+                    layer.weight.add_(layer.delta(route).to(layer.weight.dtype))
+            yield self.base
+        finally:
+            with torch.no_grad():
+                for layer, original in saved:
+                    layer.weight.copy_(original)

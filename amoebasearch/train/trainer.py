@@ -1,0 +1,253 @@
+"""The one-for-all fine-tuning loop: sandwich sampling + in-place distillation + SMoL, resumable.
+
+Every random choice of step ``n`` (the sampled shapes, gate noise, LoRA dropout) is derived from
+``(seed, n)`` and the data order from ``(seed, epoch)``, so a checkpoint only needs the step
+number, the adapter and the optimizer moments to continue bit-for-bit. Checkpoints are
+safetensors + JSON written into a temp directory and renamed, so a killed run keeps the last one.
+
+Multi-GPU: the loop is single-process. ``accelerate launch`` / ``torchrun`` are not wired in yet
+(each process would train its own copy); run one process per GPU only for separate runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from amoebasearch import atomic
+from amoebasearch.errors import UsageError
+from amoebasearch.shape import ShapeSpace
+from amoebasearch.train.distill import sandwich, subnet_losses
+from amoebasearch.train.instruct import Tokenised, collate
+from amoebasearch.train.smol import SMoLModel, load_balancing_loss, shape_encoding
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train_log.csv"
+LOG_FIELDS = ("step", "slot", "depth", "heads", "ffn", "loras", "loss", "tokens", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings; the defaults are the paper's where it states them (AdamW, constant lr 2e-4)."""
+
+    steps: int = 1000
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    batch: int = 4
+    grad_accum: int = 1
+    sandwich: int = 4
+    seed: int = 0
+    save_every: int = 100
+    distill: bool = True
+    balance: bool = True
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sandwich < 2:
+            raise UsageError(f"--sandwich {self.sandwich} must be at least 2 (the largest and the smallest subnet)")
+        if min(self.steps, self.batch, self.grad_accum, self.save_every) < 1:
+            raise UsageError("--steps, --batch, --grad-accum and --save-every must be at least 1")
+        if self.lr <= 0:
+            raise UsageError(f"--lr {self.lr} must be positive")
+
+    def resumable_with(self, other: TrainConfig) -> bool:
+        """Same run except possibly more steps (or another checkpoint interval)."""
+        mine, theirs = asdict(self), asdict(other)
+        for key in ("steps", "save_every"):
+            mine.pop(key), theirs.pop(key)
+        return mine == theirs
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+class DataOrder:
+    """Which sequences feed micro-batch ``m`` of step ``n``: a fresh seeded permutation per epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        if size < 1:
+            raise UsageError("no training sequences: the data holds nothing usable at this --seq-len")
+        self.size, self.seed = size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def indices(self, first: int, count: int) -> list[int]:
+        out = []
+        for position in range(first, first + count):
+            epoch, offset = divmod(position, self.size)
+            if epoch not in self._perms:
+                gen = torch.Generator().manual_seed(self.seed + epoch)
+                self._perms = {epoch: torch.randperm(self.size, generator=gen).tolist()}
+            out.append(self._perms[epoch][offset])
+        return out
+
+
+def make_optimizer(model: SMoLModel, config: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Optimizer, step: int, config) -> None:
+    """Adapter + AdamW moments (safetensors) + step/config (JSON), atomically as one directory."""
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    with atomic.directory(directory) as tmp:
+        model.save_adapter(tmp)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        atomic.write_json(tmp / "state.json", {"step": step, "train": asdict(config)})
+
+
+def load_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    state = json.loads((directory / "state.json").read_text())
+    device = str(next(model.parameters()).device)
+    model.load_adapter_state_dict(load_file(str(directory / "smol.safetensors"), device=device))
+    flat = load_file(str(directory / "optimizer.safetensors"), device=device)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        moments.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
+    packed = optimizer.state_dict()
+    optimizer.load_state_dict({"state": moments, "param_groups": packed["param_groups"]})
+    return state
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= last_step]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    model: SMoLModel,
+    space: ShapeSpace,
+    data: list[Tokenised],
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    pad_id: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int, list[float]], None] | None = None,
+) -> list[list[float]]:
+    """Fine-tune ``model`` for ``config.steps`` optimizer steps; return each step's raw losses per
+    sampled shape (largest first). Writes ``train_log.csv`` and ``checkpoint/`` into ``out_dir``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, log_path = out / CHECKPOINT_DIR, out / LOG_FILE
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model, config)
+    start = 0
+    if resume:
+        if not (checkpoint / "state.json").is_file():
+            raise UsageError(f"--resume: {checkpoint} holds no checkpoint; start without --resume")
+        saved = json.loads((checkpoint / "state.json").read_text())
+        if not config.resumable_with(TrainConfig(**saved["train"])):
+            raise UsageError(f"--resume: the settings differ from the checkpoint's {saved['train']}; keep them equal")
+        start = load_checkpoint(checkpoint, model, optimizer)["step"]
+        _truncate_log(log_path, start)
+    elif log_path.exists():
+        log_path.unlink()
+    order = DataOrder(len(data), config.seed)
+    history: list[list[float]] = []
+    new_log = not log_path.is_file()
+    log = log_path.open("a", newline="")
+    writer = csv.DictWriter(log, fieldnames=LOG_FIELDS)
+    if new_log:
+        writer.writeheader()
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, unit="step")
+    try:
+        for step in bar:
+            shapes, losses, routes, tokens = _train_step(model, space, data, order, optimizer, config, step, pad_id, device)
+            done = step + 1
+            elapsed = time.perf_counter() - started
+            for slot, (shape, loss, route) in enumerate(zip(shapes, losses, routes, strict=True)):
+                writer.writerow(
+                    {
+                        "step": done,
+                        "slot": ["largest", "smallest"][slot] if slot < 2 else f"random{slot - 1}",
+                        "depth": shape.depth,
+                        "heads": shape.heads,
+                        "ffn": shape.ffn,
+                        "loras": "+".join(str(i) for i in route),
+                        "loss": f"{loss:.6f}",
+                        "tokens": tokens,
+                        "seconds": f"{elapsed:.3f}",
+                    }
+                )
+            log.flush()
+            history.append(losses)
+            bar.set_postfix_str(" ".join(f"{name}={v:.3f}" for name, v in zip(("L", "S", "r1", "r2", "r3"), losses)))
+            if done % config.save_every == 0 or done == config.steps:
+                save_checkpoint(checkpoint, model, optimizer, done, config)
+            if on_step is not None:
+                on_step(done, losses)
+    finally:
+        log.close()
+        model.eval()
+    return history
+
+
+def _train_step(model, space, data, order, optimizer, config, step, pad_id, device):
+    """One optimizer step: for each micro-batch, the K sandwich shapes forward and backward in turn."""
+    torch.manual_seed(step_seed(config.seed, step))  # gate noise and dropout of this step
+    shapes = sandwich(space, random.Random(step_seed(config.seed, step)), config.sandwich)
+    optimizer.zero_grad(set_to_none=True)
+    totals = [0.0] * len(shapes)
+    routes: list[list[int]] = [[] for _ in shapes]
+    tokens = 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for micro in range(config.grad_accum):
+        first = (step * config.grad_accum + micro) * config.batch
+        batch = collate([data[i] for i in order.indices(first, config.batch)], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        tokens += int(batch["attention_mask"].sum())
+        teacher = reference = None
+        chosen = []
+        for slot, shape in enumerate(shapes):
+            route = model.route(shape, noisy=True)
+            with autocast:
+                logits = model(shape, batch["input_ids"], batch["attention_mask"], route=route)
+            loss, raw = subnet_losses(logits, batch["labels"], teacher, reference, config.distill, config.balance)
+            (loss / config.grad_accum).backward()
+            if slot == 0:
+                teacher, reference = logits.detach(), raw
+            chosen.append(route.index)
+            totals[slot] += float(raw) / config.grad_accum
+            routes[slot] = route.index.tolist()
+        if model.config.num_loras > 1 and model.config.balance_coef > 0:
+            encodings = torch.stack([shape_encoding(s, model.dims) for s in shapes]).to(device)
+            aux = load_balancing_loss(model.gate.probabilities(encodings), torch.stack(chosen), model.config.num_loras)
+            (model.config.balance_coef * aux / config.grad_accum).backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    optimizer.step()
+    return shapes, totals, routes, tokens

@@ -41,7 +41,9 @@ def test_export_by_dimensions_and_by_shape_file(capsys, tiny_checkpoint, tmp_pat
 
     shape_file = tmp_path / "shape.json"
     shape_file.write_text(json.dumps({"layers": [0, 3], "heads": 4, "ffn": 64}))
-    code, _, _ = run_cli(capsys, "export", "--model", str(tiny_checkpoint), "--shape", str(shape_file), "--out", str(out))
+    code, _, _ = run_cli(
+        capsys, "export", "--model", str(tiny_checkpoint), "--shape", str(shape_file), "--out", str(out)
+    )
     assert code == 0
     assert json.loads((out / "amoebasearch-shape.json").read_text()) == {"layers": [0, 3], "heads": 4, "ffn": 64}
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from amoebasearch.errors import UsageError
 from amoebasearch.models import describe, load, load_config, model_signature
-
-from conftest import tiny_model
 
 
 def test_load_a_local_checkpoint_directory(tiny_checkpoint):

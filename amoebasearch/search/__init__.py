@@ -1,0 +1,1 @@
+"""Stage 4: search the supernet's shape space for the best subnet under a latency budget."""

@@ -1,0 +1,32 @@
+"""Optuna storages by URL: many `find` workers on many machines share one study through them.
+
+``postgresql://…``, ``mysql://…`` and ``sqlite:///…`` are Optuna RDB storages; a path ending in
+``.journal`` or ``.log`` (or ``journal:PATH``) is Optuna's journal file, the default embedded store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from amoebasearch.errors import UsageError
+
+RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
+
+
+def open_storage(url: str | Path) -> optuna.storages.BaseStorage:
+    text = str(url)
+    if text.startswith(RDB_SCHEMES):
+        try:
+            return optuna.storages.RDBStorage(text)
+        except Exception as err:  # driver missing, server down: say which
+            raise UsageError(f"cannot open Optuna storage {text}: {str(err).splitlines()[0]}") from None
+    path = Path(text.removeprefix("journal:"))
+    if text.startswith("journal:") or path.suffix in (".journal", ".log"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    raise UsageError(
+        f"storage {text!r} is not understood: pass postgresql://…, sqlite:///file.db or a .journal file path"
+    )

@@ -1,0 +1,149 @@
+"""Optuna search over a `ShapeSpace`: quality from the supernet, latency from a lookup table.
+
+Latency predictions cost microseconds, quality evaluations cost seconds, so the search prices
+every shape up front, refuses an infeasible budget at once, seeds the study with the deepest
+feasible shape of a few widths (the optimum lies on the budget's boundary when quality improves
+with size), and evaluates quality only for feasible proposals that the cache has not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+
+from amoebasearch.errors import UsageError
+from amoebasearch.search.cache import QualityCache, shape_key
+from amoebasearch.shape import Shape, ShapeSpace
+
+SAMPLERS = ("tpe", "nsga2", "gp", "brute", "random")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    shape: Shape
+    latency_ms: float
+    quality: float
+
+
+@dataclass
+class SearchResult:
+    best: Candidate | None
+    front: list[Candidate]  # non-dominated (quality, latency) among evaluated shapes within budget
+    trials: int
+    evaluations: int  # new quality evaluations this run (cache misses)
+    fastest: Candidate = field(default=None)  # type: ignore[assignment]
+
+
+def make_sampler(name: str, seed: int, multi_objective: bool) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "brute":
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
+def pareto_front(candidates: list[Candidate], higher_is_better: bool = False) -> list[Candidate]:
+    """Candidates no other candidate beats on both quality and latency, fastest first."""
+    sign = -1.0 if higher_is_better else 1.0
+    front: list[Candidate] = []
+    best_quality = float("inf")
+    for cand in sorted(candidates, key=lambda c: (c.latency_ms, sign * c.quality)):
+        if sign * cand.quality < best_quality:
+            front.append(cand)
+            best_quality = sign * cand.quality
+    return front
+
+
+def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float) -> list[Shape]:
+    """The deepest feasible shape for a few widths: where the best subnet usually is."""
+    ffn = space.ffn_options
+    ffn_levels = sorted({ffn[-1], ffn[(3 * len(ffn)) // 4 - 1], ffn[len(ffn) // 2 - 1]}, reverse=True)
+    seeds = []
+    for heads in reversed(space.head_options):
+        for width in ffn_levels:
+            feasible = [d for d in space.depths if latency[space.shape(d, heads, width)] <= budget_ms]
+            if feasible:
+                seeds.append(space.shape(max(feasible), heads, width))
+    return seeds
+
+
+def search(
+    space: ShapeSpace,
+    predict_ms: Callable[[Shape], float],
+    evaluate: Callable[[Shape], float],
+    cache: QualityCache,
+    budget_ms: float,
+    trials: int = 60,
+    sampler: str = "tpe",
+    seed: int = 0,
+    storage: optuna.storages.BaseStorage | str | None = None,
+    study_name: str | None = None,
+    multi_objective: bool = False,
+    higher_is_better: bool = False,
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> SearchResult:
+    """Find the best-quality shape whose predicted latency fits ``budget_ms``."""
+    latency = {shape: predict_ms(shape) for shape in space}
+    fastest_shape = min(latency, key=latency.get)
+    if latency[fastest_shape] > budget_ms:
+        raise UsageError(
+            f"budget {budget_ms:g} ms is infeasible on this table: the fastest subnet ({fastest_shape}) "
+            f"takes {latency[fastest_shape]:.3g} ms; raise the budget or use a faster device/runtime"
+        )
+    quality_direction = "maximize" if higher_is_better else "minimize"
+    directions = [quality_direction, "minimize"] if multi_objective else [quality_direction]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=directions,
+        sampler=make_sampler(sampler, seed, multi_objective),
+        load_if_exists=True,
+    )
+    if not study.trials and sampler != "brute":
+        for shape in boundary_seeds(space, latency, budget_ms):
+            study.enqueue_trial({"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn}, skip_if_exists=True)
+    evaluations_before = cache.evaluations
+
+    def objective(trial: optuna.Trial):
+        depth = trial.suggest_int("depth", space.depths[0], space.depths[-1])
+        heads = trial.suggest_categorical("heads", list(space.head_options))
+        ffn = trial.suggest_categorical("ffn", list(space.ffn_options))
+        shape = space.shape(depth, heads, ffn)
+        predicted = latency[shape]
+        trial.set_user_attr("shape", shape_key(shape))
+        trial.set_user_attr("latency_ms", predicted)
+        trial.set_constraint("latency_over_budget_ms", predicted - budget_ms)
+        if predicted > budget_ms:
+            raise optuna.TrialPruned()  # infeasible: never pay for its quality
+        quality = cache.quality(shape, evaluate)
+        return (quality, predicted) if multi_objective else quality
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=trials, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+
+    cache.refresh()
+    evaluated = [
+        Candidate(shape, latency[shape], q)
+        for shape in latency
+        if latency[shape] <= budget_ms and (q := cache.get(shape)) is not None
+    ]
+    front = pareto_front(evaluated, higher_is_better)
+    sign = -1.0 if higher_is_better else 1.0
+    best = min(evaluated, key=lambda c: (sign * c.quality, c.latency_ms)) if evaluated else None
+    fastest = Candidate(fastest_shape, latency[fastest_shape], cache.get(fastest_shape) or float("nan"))
+    return SearchResult(
+        best=best,
+        front=front,
+        trials=len(study.trials),
+        evaluations=cache.evaluations - evaluations_before,
+        fastest=fastest,
+    )

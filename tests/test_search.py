@@ -1,0 +1,122 @@
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+
+from amoebasearch.errors import UsageError
+from amoebasearch.search.budget import parse_budget
+from amoebasearch.search.cache import QualityCache
+from amoebasearch.search.storage import open_storage
+from amoebasearch.search.study import Candidate, pareto_front, search
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+
+DIMS = ModelDims(num_layers=12, num_heads=6, num_kv_heads=2, ffn=512, hidden=128, head_dim=32)
+
+
+def fake_latency(shape: Shape) -> float:
+    """Additive like a real table: per-block cost grows with width, plus a fixed overhead."""
+    return 1.0 + shape.depth * (0.5 + 0.3 * shape.heads / 6 + 0.7 * shape.ffn / 512)
+
+
+def fake_quality(shape: Shape) -> float:
+    """Perplexity-like: falls with depth and width, with diminishing returns."""
+    return 10.0 + 40.0 / shape.depth + 6.0 / shape.heads + 800.0 / shape.ffn
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("30ms", 30.0), ("30 ms", 30.0), ("0.03s", 30.0), ("2.5ms", 2.5), ("30", 30.0), ("1500us", 1.5), (" 7MS ", 7.0)],
+)
+def test_budget_parser_accepts(text, ms):
+    assert parse_budget(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "30 sec", "-5ms", "0", "0ms", "ms", "3e2ms", "30 ms ms", "nan"])
+def test_budget_parser_rejects(text):
+    with pytest.raises(UsageError, match="budget"):
+        parse_budget(text)
+
+
+def test_pareto_front_keeps_only_non_dominated():
+    cands = [Candidate(Shape((0,), 2, 64), lat, q) for lat, q in [(1, 9), (2, 8), (2.5, 8.5), (3, 5), (4, 5)]]
+    assert [(c.latency_ms, c.quality) for c in pareto_front(cands)] == [(1, 9), (2, 8), (3, 5)]
+
+
+def exhaustive_best(space, budget):
+    feasible = [s for s in space if fake_latency(s) <= budget]
+    return min(feasible, key=fake_quality)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_search_respects_the_budget_and_finds_a_near_optimum(sampler):
+    space = ShapeSpace(DIMS, ffn_step=64)  # 12 x 3 x 8 = 288 shapes
+    budget = 8.0
+    cache = QualityCache(optuna.storages.InMemoryStorage(), "q")
+    result = search(space, fake_latency, fake_quality, cache, budget, trials=40, sampler=sampler, progress=False)
+    assert result.best is not None and result.best.latency_ms <= budget
+    assert all(c.latency_ms <= budget for c in result.front)
+    optimum = fake_quality(exhaustive_best(space, budget))
+    assert result.best.quality <= optimum * 1.02
+    assert result.evaluations <= 40
+
+
+def test_infeasible_budget_names_the_fastest_latency():
+    space = ShapeSpace(DIMS, ffn_step=64)
+    cache = QualityCache(optuna.storages.InMemoryStorage(), "q")
+    with pytest.raises(UsageError, match=r"infeasible.*fastest subnet.*1\.\d+ ms"):
+        search(space, fake_latency, fake_quality, cache, 1.0, trials=5, progress=False)
+
+
+def test_cache_hit_avoids_reevaluation_across_budgets(tmp_path):
+    storage = open_storage(tmp_path / "study.journal")
+    space = ShapeSpace(DIMS, ffn_step=64)
+    calls = []
+
+    def counting(shape):
+        calls.append(shape)
+        return fake_quality(shape)
+
+    first = search(space, fake_latency, counting, QualityCache(storage, "q"), 9.0, trials=30, progress=False)
+    assert first.evaluations == len(calls) == len(set(calls))  # duplicates never re-evaluated
+    calls.clear()
+    reopened = QualityCache(open_storage(tmp_path / "study.journal"), "q")
+    assert len(reopened) == first.evaluations
+    again = search(space, fake_latency, counting, reopened, 9.0, trials=30, study_name="b2", progress=False)
+    assert again.best.quality <= first.best.quality
+    assert all(reopened.get(s) is not None for s in calls) and len(set(calls)) == len(calls)
+
+
+def test_storage_urls(tmp_path):
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'x.db'}"), optuna.storages.RDBStorage)
+    assert isinstance(open_storage(f"journal:{tmp_path / 'x'}"), optuna.storages.JournalStorage)
+    with pytest.raises(UsageError, match="not understood"):
+        open_storage("redis://localhost")
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_search import DIMS, fake_latency, fake_quality
+    from amoebasearch.search.cache import QualityCache
+    from amoebasearch.search.storage import open_storage
+    from amoebasearch.search.study import search
+    from amoebasearch.shape import ShapeSpace
+    storage = open_storage({journal!r})
+    search(ShapeSpace(DIMS, ffn_step=64), fake_latency, fake_quality, QualityCache(storage, "quality"), 8.0,
+           trials=15, seed=int(sys.argv[1]), storage=storage, study_name="shared", progress=False)
+    """
+)
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    journal = tmp_path / "shared.journal"
+    code = WORKER.format(tests=str(__import__("pathlib").Path(__file__).parent), journal=str(journal))
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(seed)]) for seed in (1, 2)]
+    assert [w.wait(timeout=240) for w in workers] == [0, 0]
+    study = optuna.load_study(study_name="shared", storage=open_storage(journal))
+    numbers = [t.number for t in study.trials]
+    assert len(study.trials) == 30 and sorted(numbers) == list(range(30))  # none lost, none duplicated
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)

@@ -253,15 +253,17 @@ def calibration_split(
     calib_tokens: int = 2048,
     eval_tokens: int = 0,
     seed: int = 0,
+    docs: list[str] | None = None,
 ) -> TextSplit:
     """Read a corpus (default: the embedded KJV), tokenise it and draw disjoint calibration and
-    held-out sets of at least the asked-for token counts (rounded up to whole chunks).
+    held-out sets of at least the asked-for token counts (rounded up to whole chunks). Pass
+    ``docs`` when the caller already read ``path`` (e.g. to reject a bad file before a slow load).
     """
     if tokenizer is None:
         raise UsageError("this model ships no tokenizer: pass a checkpoint directory that includes one")
     if seq_len < 2:
         raise UsageError(f"sequence length {seq_len} must be at least 2 tokens")
-    docs = read_documents(path)
+    docs = docs if docs is not None else read_documents(path)
     chunks = chunk_tokens(token_stream(docs, tokenizer), seq_len)
     n_calib = -(-calib_tokens // seq_len)
     n_eval = -(-eval_tokens // seq_len) if eval_tokens > 0 else 0

@@ -125,3 +125,13 @@ def use_shape(model: nn.Module, shape: Shape, ordering: Ordering | None = None) 
         if saved["layer_types"] is not None:
             config.layer_types = saved["layer_types"]
         model.__dict__.pop("amoeba_shape", None)
+
+
+def elastic_logits(model: nn.Module, ordering: Ordering | None = None):
+    """``logits(shape, input_ids)`` of ``model`` run in place as ``shape`` (no cache, no copies)."""
+
+    def logits(shape: Shape, input_ids: torch.Tensor) -> torch.Tensor:
+        with use_shape(model, shape, ordering):
+            return model(input_ids=input_ids, use_cache=False).logits
+
+    return logits

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amoebasearch.cli import export, info
+from amoebasearch.cli import export, find, info, plan, profile, train
 from amoebasearch.errors import UsageError
 
-VERBS = (info, export)
+VERBS = (info, plan, train, profile, find, export)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args, positive_int
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract, save_subnet
-from amoebasearch.models import load, load_config
+from amoebasearch.models import DEFAULT_MODEL, load, load_config
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
 
@@ -26,6 +27,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads", type=positive_int, help="query heads per layer (a multiple of the KV heads)")
     parser.add_argument("--ffn", type=positive_int, help="FFN channels per layer")
     parser.add_argument("--out", required=True, help="output directory (written atomically)")
+    parser.add_argument(
+        "--supernet", help="supernet directory from `amoebasearch train`: export with the shape's LoRAs merged"
+    )
     parser.set_defaults(run=run)
 
 
@@ -47,6 +51,8 @@ def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Orderin
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.supernet:
+        return run_supernet(args)
     config = load_config(args.model)
     dims = ModelDims.from_config(config)
     ordering = plan_from_args(args, config).ordering
@@ -56,4 +62,23 @@ def run(args: argparse.Namespace) -> int:
     out = save_subnet(subnet, args.out, loaded.tokenizer)
     params = sum(p.numel() for p in subnet.parameters())
     print(f"exported {shape} ({params:,} parameters) to {out}")
+    return 0
+
+
+def run_supernet(args: argparse.Namespace) -> int:
+    """Export from a trained supernet: its base model and plan, the shape's active LoRAs merged."""
+    from amoebasearch.train.supernet import load_supernet
+
+    if args.plan:
+        raise UsageError("--plan does not apply with --supernet: the supernet carries its own plan.json")
+    model = args.model if args.model != DEFAULT_MODEL else None  # default: the supernet's recorded base
+    supernet = load_supernet(args.supernet, model)
+    shape = shape_from_args(args, supernet.loaded.dims, supernet.plan.ordering)
+    if shape not in supernet.space:
+        print(f"note: {shape} lies outside the shape space the supernet was trained on", file=sys.stderr)
+    subnet = supernet.export(shape)
+    out = save_subnet(subnet, args.out, supernet.loaded.tokenizer)
+    params = sum(p.numel() for p in subnet.parameters())
+    loras = subnet.config.amoebasearch["supernet"]["loras"]
+    print(f"exported {shape} ({params:,} parameters, LoRAs {loras} merged) to {out}")
     return 0

@@ -6,9 +6,10 @@ Hugging Face model at exactly those seams and take plain tensors (hidden states,
 cos/sin, past keys/values), so every runtime can run them: PyTorch eager as they are,
 ``torch.compile`` compiled, ONNX Runtime after export.
 
-Decoder blocks are timed as a *stack* of ``STACK`` distinct blocks of the same width whose
-weights together exceed the last-level cache, divided by the stack depth: a block inside a
-real subnet reads its weights from memory, not from a cache warmed by the previous repeat.
+Decoder blocks are timed as a *stack* of ``STACK`` distinct real blocks of the same width,
+divided by the stack depth, and all widths of a grid point are timed round-robin: between two
+runs of one stack every other stack runs, so each block reads its weights from memory as it
+does inside a real subnet (where the LM head alone evicts the last-level cache every step).
 """
 
 from __future__ import annotations
@@ -22,27 +23,25 @@ from amoebasearch.export import extract
 from amoebasearch.models import decoder_layers
 from amoebasearch.shape import ModelDims, Shape
 
-STACK = 8  # blocks per timed stack (capped at the model's depth)
+STACK = 4  # blocks per timed stack (capped at the model's depth)
 PHASES = ("prefill", "decode")
 
 
 class TensorCache:
-    """The one method of a Hugging Face KV cache that attention calls, over plain past tensors.
+    """The one method of a Hugging Face KV cache that attention calls, over one layer's past tensors.
 
     ``update`` appends the new keys/values to the given past (a ``cat``, like ``DynamicCache``)
-    without keeping them, so every timed call sees the same context length.
+    without keeping them, so every timed call sees the same context length. One object per
+    layer, so the layer index is never read: compiled blocks then need no per-index graphs.
     """
 
     def __init__(self, past_keys: torch.Tensor | None, past_values: torch.Tensor | None) -> None:
         self.past_keys, self.past_values = past_keys, past_values
 
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
         if self.past_keys is None:
             return keys, values
-        return (
-            torch.cat([self.past_keys[layer_idx], keys], dim=-2),
-            torch.cat([self.past_values[layer_idx], values], dim=-2),
-        )
+        return torch.cat([self.past_keys, keys], dim=-2), torch.cat([self.past_values, values], dim=-2)
 
 
 class Embedding(nn.Module):
@@ -74,8 +73,11 @@ class BlockStack(nn.Module):
         self.layers = layers
 
     def forward(self, hidden, cos, sin, past_keys=None, past_values=None):
-        cache = TensorCache(past_keys, past_values)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if past_keys is None:
+                cache = TensorCache(None, None)
+            else:
+                cache = TensorCache(past_keys[index], past_values[index])
             hidden = layer(hidden, position_embeddings=(cos, sin), cache=cache, attention_mask=None)
         return hidden
 
@@ -145,12 +147,23 @@ def rotary_tables(model: nn.Module, hidden: torch.Tensor, point: Point):
     return model.model.rotary_emb(hidden, positions)
 
 
+def share_embeddings(subnet: nn.Module, model: nn.Module) -> nn.Module:
+    """Point an extracted subnet's embedding, final norm and LM head at the parent's (no copies).
+
+    They are never sliced, so many subnets held at once (interleaved timing) share one copy.
+    """
+    subnet.model.embed_tokens = model.model.embed_tokens
+    subnet.model.norm = model.model.norm
+    subnet.lm_head = model.lm_head
+    return subnet
+
+
 def stack_model(model: nn.Module, heads: int, ffn: int, first_layer: int = 0, depth: int | None = None) -> nn.Module:
     """An extracted model holding ``depth`` consecutive real blocks at width (heads, ffn)."""
     dims = ModelDims.from_config(model.config)
     depth = depth or min(STACK, dims.num_layers)
     layers = tuple(range(first_layer, first_layer + depth))
-    return extract(model, Shape(layers, heads, ffn))
+    return share_embeddings(extract(model, Shape(layers, heads, ffn)), model)
 
 
 def width_options(dims: ModelDims, ffn_step: int) -> list[tuple[int, int]]:

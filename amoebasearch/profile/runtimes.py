@@ -1,11 +1,11 @@
 """Runtimes a table can be measured in, and the plug-in point for more.
 
 A runtime turns a tensor-only module (see ``blocks.py``) into a callable ``run(args)``.
-Built in: ``eager`` (PyTorch as is), ``compile`` (``torch.compile`` of every decoder block,
-the norm + head and the embedding: "regional" compilation, so one compiled graph serves every
-block and width instead of one compile per subnet; CUDA graphs via ``mode="reduce-overhead"``
-on GPU) and ``onnxruntime`` (each program exported to ONNX and run by an ORT session, CPU
-execution provider here, CUDA EP where the installed ORT has it).
+Built in: ``eager`` (PyTorch as is), ``compile`` (``torch.compile`` of every decoder block and
+the final norm: "regional" compilation with symbolic weight shapes, so a few compiled graphs
+serve every block, width and subnet instead of one compile per subnet; CUDA graphs via
+``mode="reduce-overhead"`` on GPU) and ``onnxruntime`` (each program exported to ONNX and run
+by an ORT session, CPU execution provider here, CUDA EP where the installed ORT has it).
 
 The serving engines of the paper's Figure 1 (MLC-LLM, vLLM, TensorRT-LLM) are registered as
 `PluginRuntime` entries that say what to install. To add one, subclass `Runtime`, implement
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,19 +75,33 @@ class CompileRuntime(EagerRuntime):
 
         # One graph per (phase, dtype) is the goal, but guard failures on new widths must never
         # silently fall back to eager because a small recompile limit was reached.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
-        if hasattr(torch._dynamo.config, "recompile_limit"):
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, 512)
+        if hasattr(config, "recompile_limit"):
+            config.recompile_limit = max(config.recompile_limit, 512)
+        # Widths change weight shapes and the heads-per-KV-group integer: keep both symbolic so a
+        # new width reuses the compiled graph instead of compiling again.
+        config.force_parameter_static_shapes = False
+        config.force_nn_module_property_static_shapes = False
+        config.allow_unspec_int_on_nn_module = True
         self.mode = "reduce-overhead" if device.startswith("cuda") else None
+
+    def program(self, module: nn.Module, example: tuple) -> Program:
+        # no_grad, not inference_mode: inference tensors would differ in dispatch keys from the
+        # inputs of other programs and force needless recompiles.
+        def run(args: tuple) -> Any:
+            with torch.no_grad():
+                return module(*args)
+
+        return run
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         from amoebasearch.models import decoder_layers
 
         for layer in decoder_layers(model):
             layer.compile(dynamic=True, mode=self.mode)
-        model.model.embed_tokens.compile(dynamic=True, mode=self.mode)
+        # The embedding and LM head are single torch ops (dynamo leaves torch.nn internals to eager).
         model.model.norm.compile(dynamic=True, mode=self.mode)
-        model.lm_head.compile(dynamic=True, mode=self.mode)
         return model
 
     def settings(self) -> dict[str, Any]:
@@ -110,14 +125,14 @@ class OnnxRuntime(Runtime):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
+        if dtype == torch.bfloat16:
+            raise UsageError("runtime onnxruntime takes float32 or float16: pass --dtype float16 (GPU) or float32")
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in available:
                 raise UsageError("onnxruntime here has no CUDA execution provider: `pip install onnxruntime-gpu`")
             self.providers = ["CUDAExecutionProvider"]
         else:
             self.providers = ["CPUExecutionProvider"]
-            if dtype == torch.bfloat16:
-                raise UsageError("onnxruntime's CPU provider has no bfloat16 kernels: use --dtype float32")
         self.device = device
         self.threads = torch.get_num_threads()
 
@@ -128,7 +143,9 @@ class OnnxRuntime(Runtime):
         kept = [i for i, value in enumerate(example) if value is not None]
         with tempfile.TemporaryDirectory(prefix="amoebasearch-onnx-") as tmp:
             path = Path(tmp) / "program.onnx"
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), _no_sdpa_gqa(), warnings.catch_warnings():
+                # shapes are static per program by design, so the tracer's "treated as constant" is fine
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 torch.onnx.export(
                     _DropNone(module, len(example), kept),
                     tuple(example[i] for i in kept),
@@ -157,6 +174,14 @@ class OnnxRuntime(Runtime):
         import onnxruntime as ort
 
         return {"name": self.name, "providers": self.providers, "opset": self.opset, "ort": ort.__version__}
+
+
+def _no_sdpa_gqa():
+    """The TorchScript ONNX exporter cannot convert SDPA with ``enable_gqa=True``; make Hugging Face
+    expand the KV heads explicitly instead (``repeat_kv``), which is the same computation."""
+    from unittest import mock
+
+    return mock.patch("transformers.integrations.sdpa_attention.use_gqa_in_sdpa", lambda *a, **k: False)
 
 
 class _DropNone(nn.Module):

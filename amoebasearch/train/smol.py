@@ -263,7 +263,9 @@ class SMoLModel(nn.Module):
                 name, param = key.rsplit(".", 1)
                 target = getattr(layers[name], param)
                 if target.shape != tensor.shape:
-                    raise UsageError(f"SMoL tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(target.shape)}")
+                    raise UsageError(
+                        f"SMoL tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(target.shape)}"
+                    )
                 target.copy_(tensor)
         self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
 
@@ -274,6 +276,7 @@ class SMoLModel(nn.Module):
         state = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
         tmp = directory / f".{WEIGHTS_FILE}.tmp"
         save_file(state, str(tmp), metadata={"format": "amoebasearch-smol"})
+        tmp.chmod(0o644)
         tmp.replace(directory / WEIGHTS_FILE)
         atomic.write_json(directory / CONFIG_FILE, self.config.to_dict())
         return directory
@@ -283,7 +286,9 @@ class SMoLModel(nn.Module):
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
-            raise UsageError(f"{directory} holds no SMoL adapter ({CONFIG_FILE} + {WEIGHTS_FILE}): run `amoebasearch train`")
+            raise UsageError(
+                f"{directory} holds no SMoL adapter ({CONFIG_FILE} + {WEIGHTS_FILE}): run `amoebasearch train`"
+            )
         config = SMoLConfig.from_dict(json.loads(config_path.read_text()))
         model = cls(base, config, ordering)
         model.load_adapter_state_dict(load_file(str(weights_path), device=str(next(base.parameters()).device)))

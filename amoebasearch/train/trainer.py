@@ -29,7 +29,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.shape import ShapeSpace
 from amoebasearch.train.distill import sandwich, subnet_losses
 from amoebasearch.train.instruct import Tokenised, collate
-from amoebasearch.train.smol import SMoLModel, load_balancing_loss, shape_encoding
+from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.csv"
@@ -66,6 +66,12 @@ class TrainConfig:
         for key in ("steps", "save_every"):
             mine.pop(key), theirs.pop(key)
         return mine == theirs
+
+
+def slot_name(slot: int, short: bool = False) -> str:
+    """Sandwich position: the largest, the smallest, then random1, random2, ..."""
+    names = ("L", "S", "r") if short else ("largest", "smallest", "random")
+    return names[slot] if slot < 2 else f"{names[2]}{slot - 1}"
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -114,6 +120,9 @@ def save_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Op
 
 def load_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     state = json.loads((directory / "state.json").read_text())
+    saved = SMoLConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    if saved != model.config:
+        raise UsageError(f"--resume: the SMoL settings differ from the checkpoint's {saved.to_dict()}; keep them equal")
     device = str(next(model.parameters()).device)
     model.load_adapter_state_dict(load_file(str(directory / "smol.safetensors"), device=device))
     flat = load_file(str(directory / "optimizer.safetensors"), device=device)
@@ -185,14 +194,16 @@ def train(
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, unit="step")
     try:
         for step in bar:
-            shapes, losses, routes, tokens = _train_step(model, space, data, order, optimizer, config, step, pad_id, device)
+            shapes, losses, routes, tokens = _train_step(
+                model, space, data, order, optimizer, config, step, pad_id, device
+            )
             done = step + 1
             elapsed = time.perf_counter() - started
             for slot, (shape, loss, route) in enumerate(zip(shapes, losses, routes, strict=True)):
                 writer.writerow(
                     {
                         "step": done,
-                        "slot": ["largest", "smallest"][slot] if slot < 2 else f"random{slot - 1}",
+                        "slot": slot_name(slot),
                         "depth": shape.depth,
                         "heads": shape.heads,
                         "ffn": shape.ffn,
@@ -204,7 +215,7 @@ def train(
                 )
             log.flush()
             history.append(losses)
-            bar.set_postfix_str(" ".join(f"{name}={v:.3f}" for name, v in zip(("L", "S", "r1", "r2", "r3"), losses)))
+            bar.set_postfix_str(" ".join(f"{slot_name(i, short=True)}={v:.3f}" for i, v in enumerate(losses)))
             if done % config.save_every == 0 or done == config.steps:
                 save_checkpoint(checkpoint, model, optimizer, done, config)
             if on_step is not None:

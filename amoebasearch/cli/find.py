@@ -1,0 +1,120 @@
+"""`amoebasearch find --budget 30ms`: the best subnet for a latency budget on one device/runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from amoebasearch import atomic
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
+from amoebasearch.errors import UsageError
+from amoebasearch.search.budget import parse_budget
+from amoebasearch.search.study import SAMPLERS
+
+PHASES = ("decode", "prefill")
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser(
+        "find",
+        help="search the shape space for the best subnet under a latency budget",
+        description="Latency comes from a profile table (measured for this device first, else estimated); "
+        "quality is held-out perplexity through the supernet, cached in the Optuna storage so any later "
+        "budget or device reuses it.",
+    )
+    parser.add_argument("--budget", required=True, help="latency budget: 30ms, 0.03s, 2.5ms or 30 (ms)")
+    parser.add_argument("--profile", help="latency table CSV (default: pick one for --device/--runtime)")
+    parser.add_argument("--profiles", default="profiles", help="folder searched for tables (default profiles/)")
+    parser.add_argument("--device", default="cpu", help="device whose table to use (default cpu)")
+    parser.add_argument("--runtime", default="eager", help="runtime whose table to use (default eager)")
+    parser.add_argument("--phase", choices=PHASES, default="decode", help="what the budget is for (default decode)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the table point (default 1)")
+    parser.add_argument("--context", type=positive_int, default=128, help="context length (default 128)")
+    parser.add_argument("--supernet", help="supernet directory from `amoebasearch train`")
+    add_model_argument(parser)
+    add_plan_argument(parser)
+    parser.add_argument("--metric", choices=("ppl",), default="ppl", help="quality metric (held-out perplexity)")
+    parser.add_argument("--data", help="held-out text (default: the embedded corpus)")
+    parser.add_argument("--eval-tokens", type=positive_int, default=2048, help="held-out tokens per shape (2048)")
+    parser.add_argument("--trials", type=positive_int, default=60, help="Optuna trials (default 60)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
+    parser.add_argument("--pareto", action="store_true", help="multi-objective study (quality, latency)")
+    parser.add_argument("--storage", help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")
+    parser.add_argument("--study", help="study name (default: derived from table, point, budget)")
+    parser.add_argument("--out", default="runs/find", help="run directory: storage, shape JSON, front CSV")
+    parser.add_argument("--export", metavar="DIR", help="write the chosen subnet as a Hugging Face model")
+    parser.add_argument("--verify", action="store_true", help="measure the chosen subnet on the device")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from amoebasearch.search.find import FindRequest, find
+
+    budget_ms = parse_budget(args.budget)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.supernet and args.plan:
+        raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
+    request = FindRequest(
+        budget_ms=budget_ms,
+        table=args.profile,
+        profiles=Path(args.profiles),
+        device=args.device,
+        runtime=args.runtime,
+        phase=args.phase,
+        batch=args.batch,
+        context=args.context,
+        supernet=args.supernet,
+        model=args.model,
+        plan=args.plan,
+        data=args.data,
+        eval_tokens=args.eval_tokens,
+        trials=args.trials,
+        sampler=args.sampler,
+        pareto=args.pareto,
+        storage=args.storage,
+        study=args.study,
+        out=Path(args.out),
+        export=args.export,
+        verify=args.verify,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    start = time.perf_counter()
+    report = find(request, warn=lambda message: print(message, file=sys.stderr))
+    report["wall_s"] = round(time.perf_counter() - start, 2)
+    out = Path(args.out)
+    atomic.write_json(out / "best_shape.json", report["best"]["shape"])
+    atomic.write_json(out / "find.json", report)
+    front = pd.DataFrame([{**c["shape"], "depth": len(c["shape"]["layers"]), **c} for c in report["front"]])
+    front = front.drop(columns=["shape"]) if not front.empty else front
+    atomic.write_text(out / "pareto.csv", front.to_csv(index=False))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    best = report["best"]
+    print(
+        f"best subnet for {budget_ms:g} ms ({args.phase}, batch {args.batch}, context {args.context}): "
+        f"depth={len(best['shape']['layers'])} heads={best['shape']['heads']} ffn={best['shape']['ffn']}"
+    )
+    print(f"  predicted latency {best['latency_ms']:.3f} ms from {report['table']} ({report['table_source']})")
+    print(f"  held-out perplexity {best['quality']:.3f}")
+    print(
+        f"  {report['trials']} trials, {report['evaluations']} new quality evaluations "
+        f"({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"
+    )
+    if report.get("verify"):
+        v = report["verify"]
+        print(f"  measured {v['measured_ms']:.3f} ms (predicted {v['predicted_ms']:.3f}, {v['error_pct']:+.1f}%)")
+    if report.get("export"):
+        print(f"  exported to {report['export']}")
+    print(f"  wrote {out / 'best_shape.json'}, {out / 'pareto.csv'} ({len(report['front'])} front points)")
+    return 0

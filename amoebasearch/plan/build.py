@@ -1,0 +1,61 @@
+"""Stage 1 as one library call: depth selection + width ranking → a `Plan` (what `amoebasearch plan` writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from amoebasearch.data import TextSplit
+from amoebasearch.models import model_signature
+from amoebasearch.ordering import Ordering
+from amoebasearch.plan.depth import DepthSelection, DPTable
+from amoebasearch.plan.select import select_depth
+from amoebasearch.plan.width import WidthScores, select_width
+from amoebasearch.planfile import Plan
+from amoebasearch.shape import ModelDims
+
+
+def ordering_from(depth: DepthSelection, width: WidthScores, dims: ModelDims) -> Ordering:
+    """The `Ordering` that export and the elastic forward consume, validated against the model."""
+    return Ordering(
+        layer_sets=depth.layer_sets(dims.num_layers),
+        head_order=width.head_order(dims),
+        ffn_order=width.ffn_order(),
+    ).validate(dims)
+
+
+def make_plan(
+    model: nn.Module,
+    split: TextSplit,
+    depth_method: str = "dp",
+    width_method: str = "importance",
+    metric: str = "perplexity",
+    max_remove: int | None = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    table: DPTable | None = None,
+    on_row: Callable[[DPTable], None] | None = None,
+) -> Plan:
+    """Select layers for every depth and rank heads/channels on ``split.calibration``."""
+    dims = ModelDims.from_config(model.config)
+    chunks = split.calibration
+    depth = select_depth(model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row)
+    width = select_width(model, chunks, width_method, seed, batch_size)
+    metrics: dict[str, Any] = {
+        "depth_metric": metric if depth_method in ("dp", "ppl") else None,
+        "depth_values": {str(dims.num_layers - m): v for m, v in sorted(depth.metric_values.items())},
+        "removed_layers": {str(m): list(r) for m, r in sorted(depth.removal.items())},
+        "layer_scores": depth.layer_scores,
+        "kv_group_scores": width.group_scores(dims),
+    }
+    calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "seed": seed}
+    return Plan(
+        model_signature=model_signature(model.config),
+        ordering=ordering_from(depth, width, dims),
+        depth_method=depth_method,
+        width_method=width_method,
+        calibration=calibration,
+        metrics=metrics,
+    )

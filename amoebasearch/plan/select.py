@@ -1,0 +1,116 @@
+"""Depth selection on a real model: wires `LayerRunner` + a metric to the DP core and baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amoebasearch.errors import UsageError
+from amoebasearch.plan.depth import (
+    DEPTH_METHODS,
+    DepthSelection,
+    DPTable,
+    by_scores,
+    check_max_remove,
+    dp_depth,
+    drop_last,
+    from_table,
+    random_removal,
+)
+from amoebasearch.plan.layerwise import LayerRunner
+from amoebasearch.plan.metrics import KLToFull, Metric, Perplexity
+
+
+class ModelEvaluator:
+    """The `PrefixEvaluator` of a real model: states are hidden tensors, scores the metric."""
+
+    def __init__(self, runner: LayerRunner, metric: Metric) -> None:
+        self.runner, self.metric = runner, metric
+
+    def initial_state(self) -> torch.Tensor:
+        return self.runner.initial_state()
+
+    def extend(self, states: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+        return self.runner.extend(states, layer)
+
+    def score(self, states: list[torch.Tensor], start: int) -> list[float]:
+        return self.runner.score(states, start, self.metric)
+
+    def evaluate(self, removed: frozenset[int]) -> float:
+        """Full re-run of the network without ``removed`` (what the naive DP does per candidate)."""
+        kept = [i for i in range(self.runner.num_layers) if i not in removed]
+        state = self.runner.initial_state()
+        hidden = torch.cat([self.runner.run_layers(state[rows], kept) for rows in self.runner._batches(len(state))])
+        return self.runner.score([hidden], self.runner.num_layers, self.metric)[0]
+
+
+def make_metric(name: str, runner: LayerRunner) -> Metric:
+    if name == "perplexity":
+        return Perplexity(runner.chunks)
+    if name == "kl":
+        return KLToFull(runner.full_logits)
+    raise UsageError(f"unknown metric {name!r}: choose perplexity or kl")
+
+
+@torch.no_grad()
+def block_influence(runner: LayerRunner) -> list[float]:
+    """ShortGPT's block influence per layer: 1 - mean cosine(block input, block output) over tokens."""
+    state = runner.initial_state()
+    scores = []
+    for layer in range(runner.num_layers):
+        out = runner.extend([state], layer)[0]
+        scores.append(float(1 - F.cosine_similarity(state, out, dim=-1).mean()))
+        state = out
+    return scores
+
+
+@torch.no_grad()
+def removal_metric(runner: LayerRunner, metric: Metric) -> list[float]:
+    """Shortened-LLaMA's one-shot criterion: the metric with only that layer removed, per layer.
+
+    Uses the full model's state before each layer, so each candidate runs only the later blocks.
+    """
+    state = runner.initial_state()
+    scores = []
+    for layer in range(runner.num_layers):
+        scores.append(runner.score([state], layer + 1, metric)[0])
+        state = runner.extend([state], layer)[0]
+    return scores
+
+
+def select_depth(
+    model: nn.Module,
+    chunks: torch.Tensor,
+    method: str = "dp",
+    metric: str = "perplexity",
+    max_remove: int | None = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    table: DPTable | None = None,
+    on_row: Callable[[DPTable], None] | None = None,
+) -> DepthSelection:
+    """Removed layers for every removal count 0..max_remove by ``method`` (dp, bi, ppl, last, random).
+
+    ``table``/``on_row`` resume and checkpoint the DP; the other methods are one pass or none.
+    """
+    num_layers = len(model.model.layers)
+    max_remove = check_max_remove(num_layers, max_remove)
+    if method not in DEPTH_METHODS:
+        raise UsageError(f"unknown depth method {method!r}: choose one of {', '.join(DEPTH_METHODS)}")
+    if method == "last":
+        return drop_last(num_layers, max_remove)
+    if method == "random":
+        return random_removal(num_layers, max_remove, seed)
+    runner = LayerRunner(model, chunks, batch_size)
+    if method == "bi":
+        return by_scores("bi", block_influence(runner), max_remove)
+    scorer = make_metric(metric, runner)
+    if method == "ppl":
+        return by_scores("ppl", removal_metric(runner, scorer), max_remove)
+    result = dp_depth(ModelEvaluator(runner, scorer), num_layers, max_remove, table=table, on_row=on_row)
+    selection = from_table(result)
+    selection.layer_scores = None
+    return selection

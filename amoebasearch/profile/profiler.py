@@ -1,0 +1,244 @@
+"""Measure a latency table: the recipe that wires blocks, programs, the harness and the table.
+
+For every grid point (phase, batch, context): the fixed blocks (embedding, head and the
+per-call overhead, from paired interleaved timings of a reference stack and the same stack run
+end to end) and then one decoder block at every (heads, FFN) width, all widths of the point
+interleaved round-robin (so drift of a shared machine moves every row alike). Rows already
+in the table are skipped, which is what makes ``--resume`` work.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from amoebasearch.models import model_signature
+from amoebasearch.profile import timing
+from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
+from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
+from amoebasearch.profile.table import LatencyTable
+from amoebasearch.shape import ModelDims
+
+
+def grid(phases: Iterable[str], batches: Iterable[int], contexts: Iterable[int]) -> list[Point]:
+    return [Point(p, b, c) for p in phases for b in batches for c in contexts]
+
+
+def _row(block: str, heads: int, ffn: int, point: Point, stats: timing.Stats, scale: float = 1.0) -> dict[str, Any]:
+    return {
+        "block": block,
+        "heads": heads,
+        "ffn": ffn,
+        "phase": point.phase,
+        "batch": point.batch,
+        "context": point.context,
+        "median_us": round(stats.median_us / scale, 3),
+        "p10_us": round(stats.p10_us / scale, 3),
+        "p90_us": round(stats.p90_us / scale, 3),
+        "repeats": stats.repeats,
+        "noisy": bool(stats.noisy),
+        "source": "measured",
+    }
+
+
+def check_layer_independence(model: nn.Module, ctx: Context, point: Point, settings: dict) -> dict[str, Any]:
+    """Time one full-width block taken from the first, middle and last layer, interleaved.
+
+    All decoder blocks of a Llama-layout model have identical shapes, so their latency must
+    agree within noise; this records the evidence that one representative block suffices.
+    """
+    dims = ModelDims.from_config(model.config)
+    indices = sorted({0, dims.num_layers // 2, dims.num_layers - 1})
+    programs = [
+        stack_program(stack_model(model, dims.num_heads, dims.ffn, first_layer=i, depth=1), point, ctx) for i in indices
+    ]
+    stats = timing.measure_interleaved(
+        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
+    )
+    medians = [s.median_us for s in stats]
+    deviation = (max(medians) - min(medians)) / statistics.median(medians)
+    return {
+        "phase": point.phase,
+        "layers": indices,
+        "median_us": [round(m, 3) for m in medians],
+        "max_relative_deviation": round(deviation, 4),
+        "independent": deviation <= 0.05,
+    }
+
+
+def fixed_rows(model: nn.Module, ctx: Context, point: Point, settings: dict) -> list[dict[str, Any]]:
+    """Embedding, head and overhead at one point.
+
+    Overhead = (reference stack end to end) - embedding - (same stack alone) - head, from
+    paired samples of the same round, so it is the glue of one call (rotary tables, masks,
+    cache handling, Python) and not a difference of drifting numbers.
+    """
+    dims = ModelDims.from_config(model.config)
+    stack = ctx.runtime.prepare_model(stack_model(model, dims.num_heads, dims.ffn))
+    programs = [
+        embedding_program(stack, point, ctx),
+        head_program(stack, point, ctx),
+        stack_program(stack, point, ctx),
+        model_program(stack, point, ctx),
+    ]
+    emb, head, blocks, whole = timing.sample_interleaved(
+        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
+    )
+    overhead = [w - e - h - b for e, h, b, w in zip(emb, head, blocks, whole, strict=True)]
+    return [
+        _row("embedding", 0, 0, point, timing.summarize(emb)),
+        _row("head", 0, 0, point, timing.summarize(head)),
+        _row("overhead", 0, 0, point, timing.summarize(overhead)),
+    ]
+
+
+def decoder_rows(
+    model: nn.Module, ctx: Context, point: Point, widths: list[tuple[int, int]], settings: dict
+) -> list[dict[str, Any]]:
+    """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth."""
+    # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
+    programs = [stack_program(ctx.runtime.prepare_model(stack_model(model, h, f)), point, ctx) for h, f in widths]
+    stats = timing.measure_interleaved(
+        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
+    )
+    depth = stack_depth(ModelDims.from_config(model.config))
+    return [_row("decoder", h, f, point, s, scale=depth) for (h, f), s in zip(widths, stats, strict=True)]
+
+
+def profile_model(
+    model: nn.Module,
+    table: LatencyTable,
+    ctx: Context,
+    points: list[Point],
+    *,
+    ffn_step: int = 64,
+    warmup: int = 3,
+    repeats: int = 21,
+    interleave: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> LatencyTable:
+    """Fill ``table`` with every missing row of the grid; returns it (saved after each group)."""
+    dims = ModelDims.from_config(model.config)
+    table.check_model(model_signature(model.config))
+    settings = {"clock": timing.clock_for(ctx.device), "warmup": warmup, "repeats": repeats}
+    done = table.done()
+    widths = width_options(dims, ffn_step)
+    if "layer_index_check" not in table.meta and points:
+        table.meta["layer_index_check"] = check_layer_independence(model, ctx, points[0], settings)
+    for point in points:
+        key = (point.phase, point.batch, point.context)
+        if any((block, 0, 0, *key) not in done for block in ("embedding", "head", "overhead")):
+            table.append(fixed_rows(model, ctx, point, settings))
+        if progress:
+            progress(1 + len(widths) - len([w for w in widths if ("decoder", *w, *key) not in done]))
+        todo = [(h, f) for h, f in widths if ("decoder", h, f, *key) not in done]
+        group = interleave or len(widths)
+        for start in range(0, len(todo), group):
+            chunk = todo[start : start + group]
+            table.append(decoder_rows(model, ctx, point, chunk, settings))
+            if progress:
+                progress(len(chunk))
+    return table
+
+
+def steps(dims: ModelDims, points: list[Point], ffn_step: int) -> int:
+    """Progress-bar total: one fixed group plus every width, per point."""
+    return len(points) * (1 + len(width_options(dims, ffn_step)))
+
+
+def stack_depth(dims: ModelDims) -> int:
+    return min(STACK, dims.num_layers)
+
+
+def default_threads(device: str) -> int:
+    """One CPU thread by default: on a shared host a single thread is timed far more reproducibly."""
+    return 1 if not device.startswith("cuda") else torch.get_num_threads()
+
+
+def table_meta(
+    model_name: str, config: Any, runtime, device: str, dtype: str, points: list[Point], settings: dict
+) -> dict[str, Any]:
+    """The sidecar of a measured table: what, where, with what, how."""
+    from dataclasses import asdict
+
+    from amoebasearch.profile.fingerprint import device_fingerprint, library_versions
+    from amoebasearch.profile.table import FORMAT
+
+    dims = ModelDims.from_config(config)
+    return {
+        "format": FORMAT,
+        "source": "measured",
+        "model": {"name": model_name, "signature": model_signature(config), "dims": asdict(dims)},
+        "device": device_fingerprint(device),
+        "runtime": runtime.settings(),
+        "dtype": dtype,
+        "versions": library_versions(),
+        "settings": {
+            **settings,
+            "grid": [asdict(p) for p in points],
+            "stack_depth": stack_depth(dims),
+            "clock": "cuda-events" if device.startswith("cuda") else "perf_counter_ns",
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
+def open_table(
+    out_dir,
+    model_name: str,
+    config: Any,
+    runtime,
+    device: str,
+    dtype: str,
+    points: list[Point],
+    settings: dict,
+    resume: bool,
+) -> LatencyTable:
+    """A new table at its canonical path, or (``resume``) the finished part of an earlier run."""
+    from pathlib import Path
+
+    from amoebasearch.errors import UsageError
+    from amoebasearch.profile.fingerprint import device_slug
+    from amoebasearch.profile.table import load_table, table_name
+
+    meta = table_meta(model_name, config, runtime, device, dtype, points, settings)
+    path = Path(out_dir) / f"{table_name(model_name, device_slug(meta['device']), runtime.name, dtype)}.csv"
+    if resume and path.is_file():
+        table = load_table(path, meta["model"]["signature"], model_name)
+        old = table.meta
+        if (
+            old["device"].get("name") != meta["device"].get("name")
+            or old.get("runtime", {}).get("name") != runtime.name
+        ):
+            raise UsageError(f"{path} was measured on another device or runtime: remove it or drop --resume")
+        # keep the earlier measurement context; extend the grid if more points were asked for
+        grid = old["settings"]["grid"] + [g for g in meta["settings"]["grid"] if g not in old["settings"]["grid"]]
+        old["settings"]["grid"] = grid
+        return table
+    table = LatencyTable.empty(meta, path)
+    table.save(path)
+    return table
+
+
+def finish_table(table: LatencyTable, device: str, seconds: float) -> None:
+    """Record the run's duration (and on NVIDIA the clocks/throttling seen at the end)."""
+    table.meta.setdefault("settings", {})["profile_seconds"] = round(
+        seconds + table.meta["settings"].get("profile_seconds", 0), 1
+    )
+    if device.startswith("cuda") and "state_before" in table.meta["device"]:
+        from amoebasearch.profile.fingerprint import cuda_index, nvml_state
+
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            table.meta["device"]["state_after"] = nvml_state(cuda_index(device))
+            pynvml.nvmlShutdown()
+        except Exception as err:  # NVML vanished mid-run: keep the table, note why
+            table.meta["device"]["state_after_error"] = str(err)
+    if table.path is not None:
+        table.save(table.path)

@@ -1,0 +1,140 @@
+"""Latency tables on disk: a CSV of rows (pandas) plus a JSON sidecar saying what was measured.
+
+One row per building block x width option x phase x batch x context. ``block`` is one of
+``embedding``, ``decoder`` (with its ``heads``/``ffn`` width), ``head`` (final norm + LM head)
+or ``overhead`` (the fixed per-call glue); non-decoder rows carry heads = ffn = 0. ``source`` is
+``measured`` or ``estimated``. The sidecar holds the device fingerprint, library versions, the
+model signature, runtime, dtype, the grid and harness settings, and the predictor calibration.
+
+The CSV is rewritten atomically after every finished group of rows, so a killed run leaves a
+valid table of everything finished so far and ``--resume`` measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from amoebasearch import atomic
+from amoebasearch.errors import UsageError
+
+COLUMNS = (
+    "block",
+    "heads",
+    "ffn",
+    "phase",
+    "batch",
+    "context",
+    "median_us",
+    "p10_us",
+    "p90_us",
+    "repeats",
+    "noisy",
+    "source",
+)
+KEY = ("block", "heads", "ffn", "phase", "batch", "context")
+FORMAT = 1
+
+
+def table_name(model: str, device_slug: str, runtime: str, dtype: str) -> str:
+    return f"{model}-{device_slug}-{runtime}-{dtype}"
+
+
+def sidecar_path(csv_path: Path) -> Path:
+    return csv_path.with_suffix(".json")
+
+
+def validation_path(csv_path: Path) -> Path:
+    return csv_path.with_suffix(".validation.csv")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(row[k] for k in KEY)
+
+
+@dataclass
+class LatencyTable:
+    """Rows and metadata of one table; ``path`` is the CSV (None while in memory only)."""
+
+    rows: pd.DataFrame
+    meta: dict[str, Any]
+    path: Path | None = None
+    _lookup: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def empty(cls, meta: dict[str, Any], path: Path | None = None) -> LatencyTable:
+        return cls(pd.DataFrame(columns=list(COLUMNS)), meta, path)
+
+    @property
+    def signature(self) -> str:
+        return self.meta["model"]["signature"]
+
+    @property
+    def estimated(self) -> bool:
+        return self.meta.get("source") == "estimated"
+
+    def warning(self) -> str | None:
+        """What `find` (or any user of the table) should print before trusting it, if anything."""
+        if self.estimated:
+            device = self.meta.get("device", {}).get("name", "this device")
+            return (
+                f"warning: {self.path or 'the latency table'} is ESTIMATED from {device}'s spec sheet "
+                "(roofline), not measured; run `amoebasearch profile` on the real device to replace it"
+            )
+        return None
+
+    def done(self) -> set[tuple]:
+        return {row_key(r) for r in self.rows.to_dict("records")}
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Add finished rows and (if the table has a path) rewrite CSV + sidecar atomically."""
+        new = pd.DataFrame(rows, columns=list(COLUMNS))
+        self.rows = new if self.rows.empty else pd.concat([self.rows, new], ignore_index=True)
+        self._lookup = None
+        if self.path is not None:
+            self.save(self.path)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.path = path
+        atomic.write_json(sidecar_path(path), self.meta)
+        atomic.write_text(path, self.rows.to_csv(index=False))
+        return path
+
+    def check_model(self, signature: str, name: str = "this model") -> LatencyTable:
+        """Refuse to price shapes of a model the table was not measured for."""
+        if signature != self.signature:
+            where = f"{self.path}" if self.path else "the table"
+            raise UsageError(
+                f"{where} was profiled for {self.meta['model'].get('name')} (signature {self.signature}), "
+                f"not {name} (signature {signature}): run `amoebasearch profile` for this model"
+            )
+        return self
+
+
+def load_table(path: str | Path, signature: str | None = None, model_name: str = "this model") -> LatencyTable:
+    """Read a table and its sidecar; with ``signature``, refuse a table of another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"latency table {path} does not exist: create it with `amoebasearch profile`")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise UsageError(f"latency table {path} has no sidecar {side.name}: re-run `amoebasearch profile`")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{side} is not valid JSON ({err.msg}): re-run `amoebasearch profile`") from None
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{side} has table format {meta.get('format')}, this amoebasearch reads {FORMAT}")
+    rows = pd.read_csv(path) if path.stat().st_size else pd.DataFrame(columns=list(COLUMNS))
+    missing = set(COLUMNS) - set(rows.columns)
+    if missing:
+        raise UsageError(f"{path} lacks column(s) {sorted(missing)}: it is not an amoebasearch latency table")
+    table = LatencyTable(rows[list(COLUMNS)], meta, path)
+    if signature is not None:
+        table.check_model(signature, model_name)
+    return table

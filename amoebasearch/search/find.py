@@ -1,0 +1,270 @@
+"""`find` as a library call: price the shape space from a latency table, search it with Optuna,
+and (optionally) export and measure the chosen subnet.
+
+The model is loaded lazily: when every shape the study asks about is already in the quality
+cache (a new budget, a new device, a rerun), `find` answers without touching the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amoebasearch.elastic import elastic_logits
+from amoebasearch.errors import UsageError
+from amoebasearch.models import load, load_config, model_signature, resolve
+from amoebasearch.planfile import Plan
+from amoebasearch.profile.predict import point_model
+from amoebasearch.profile.table import LatencyTable, load_table
+from amoebasearch.search.cache import QualityCache, cache_study_name
+from amoebasearch.search.quality import HeldOutPerplexity
+from amoebasearch.search.storage import open_storage
+from amoebasearch.search.study import Candidate, search
+from amoebasearch.search.tables import choose_table
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+
+
+@dataclass
+class FindRequest:
+    budget_ms: float
+    table: str | None = None
+    profiles: Path = Path("profiles")
+    device: str = "cpu"
+    runtime: str = "eager"
+    phase: str = "decode"
+    batch: int = 1
+    context: int = 128
+    supernet: str | None = None
+    model: str = "smollm2-135m"
+    plan: str | None = None
+    data: str | None = None
+    eval_tokens: int = 2048
+    trials: int = 60
+    sampler: str = "tpe"
+    pareto: bool = False
+    storage: str | None = None
+    study: str | None = None
+    out: Path = Path("runs/find")
+    export: str | None = None
+    verify: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+class QualitySource:
+    """The supernet (or plan-only base model) and its held-out data, loaded on first use."""
+
+    def __init__(self, request: FindRequest, plan: Plan) -> None:
+        self.request = request
+        self.plan = plan
+        self._loaded: Any = None
+        self._supernet: Any = None
+        self._evaluate: Callable[[Shape], float] | None = None
+
+    @property
+    def eval_settings(self) -> dict[str, Any]:
+        """What a shape's quality depends on besides the shape (the quality cache key)."""
+        calib = self.plan.calibration
+        return {
+            "metric": "ppl",
+            "data": self.request.data or calib.get("data", "default"),
+            "seq_len": calib.get("seq_len", 256),
+            "calibration_tokens": calib.get("calibration_tokens", 0),
+            "eval_tokens": self.request.eval_tokens,
+            "seed": calib.get("seed", 0),
+        }
+
+    def load(self) -> None:
+        if self._loaded is not None:
+            return
+        if self.request.supernet:
+            from amoebasearch.train.supernet import load_supernet
+
+            self._supernet = load_supernet(self.request.supernet)
+            self._loaded = self._supernet.loaded
+            logits_fn = self._supernet.smol
+        else:
+            self._loaded = load(self.request.model)
+            logits_fn = elastic_logits(self._loaded.model, self.plan.ordering)
+        from amoebasearch.data import calibration_split
+
+        settings = self.eval_settings
+        split = calibration_split(
+            self._loaded.tokenizer,
+            path=self.request.data or (None if settings["data"] in ("default", "kjv") else settings["data"]),
+            seq_len=settings["seq_len"],
+            calib_tokens=max(settings["calibration_tokens"], 1),
+            eval_tokens=settings["eval_tokens"],
+            seed=settings["seed"],
+        )
+        self._evaluate = HeldOutPerplexity(logits_fn, split.held_out)
+
+    def __call__(self, shape: Shape) -> float:
+        self.load()
+        return self._evaluate(shape)
+
+    def subnet(self, shape: Shape) -> Any:
+        """The standalone subnet (sliced weights; the shape's LoRAs merged for a trained supernet)."""
+        from amoebasearch.export import extract
+
+        self.load()
+        if self._supernet is not None:
+            return self._supernet.export(shape)
+        return extract(self._loaded.model, shape, self.plan.ordering)
+
+    def export(self, shape: Shape, out: str) -> Path:
+        from amoebasearch.export import save_subnet
+
+        return save_subnet(self.subnet(shape), out, self._loaded.tokenizer)
+
+
+def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan, ShapeSpace | None]:
+    """(name, signature, config, plan, stored shape space) without loading any weights."""
+    if request.supernet:
+        directory = Path(request.supernet)
+        base_file = directory / "base.json"
+        if not base_file.is_file():
+            raise UsageError(
+                f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`"
+            )
+        base = json.loads(base_file.read_text())
+        config = load_config(base["model"])
+        plan = Plan.load(directory / "plan.json", config)
+        name = resolve(base["model"])[0]
+        return name, base["signature"], config, plan, None
+    config = load_config(request.model)
+    plan = Plan.load(request.plan, config) if request.plan else Plan.identity(config)
+    return resolve(request.model)[0], model_signature(config), config, plan, None
+
+
+def source_signature(request: FindRequest, signature: str, plan: Plan) -> str:
+    """Identifies the quality source: base model + plan (+ SMoL weights for a trained supernet)."""
+    digest = hashlib.sha256(signature.encode())
+    digest.update(json.dumps(plan.ordering.to_dict(), sort_keys=True).encode())
+    if request.supernet:
+        for path in sorted(Path(request.supernet).glob("*.safetensors")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
+    if request.table:
+        return load_table(request.table, signature, name)
+    from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
+
+    if request.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {request.device} needs CUDA, which this machine lacks: pass --profile TABLE")
+    slug = device_slug(device_fingerprint(request.device))
+    return choose_table(request.profiles, signature, slug, request.runtime, name, request.device)
+
+
+def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "shape": candidate.shape.to_dict(),
+        "latency_ms": round(candidate.latency_ms, 6),
+        "quality": round(candidate.quality, 6),
+    }
+
+
+def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report."""
+    name, signature, config, plan, _ = _model_identity(request)
+    table = pick_table(request, name, signature)
+    if table.warning():
+        warn(table.warning())
+    point = point_model(table, request.phase, request.batch, request.context)
+    space = ShapeSpace(
+        ModelDims.from_config(config), plan.ordering, ffn_step=table.meta["settings"].get("ffn_step", 64)
+    )
+    quality = QualitySource(request, plan)
+    storage = open_storage(request.storage or request.out / "study.journal")
+    cache = QualityCache(storage, cache_study_name(source_signature(request, signature, plan), quality.eval_settings))
+    study_name = request.study or (
+        f"find-{Path(table.path).stem if table.path else 'table'}-{request.phase}-b{request.batch}-c{request.context}"
+        f"-{request.budget_ms:g}ms-{request.sampler}-s{request.seed}{'-pareto' if request.pareto else ''}"
+    )
+    result = search(
+        space,
+        lambda shape: point.predict(shape) / 1000.0,
+        quality,
+        cache,
+        request.budget_ms,
+        trials=request.trials,
+        sampler=request.sampler,
+        seed=request.seed,
+        storage=storage,
+        study_name=study_name,
+        multi_objective=request.pareto,
+        progress=request.progress,
+    )
+    report: dict[str, Any] = {
+        "budget_ms": request.budget_ms,
+        "table": str(table.path),
+        "table_source": "estimated" if table.estimated else "measured",
+        "point": {"phase": request.phase, "batch": request.batch, "context": request.context},
+        "best": _candidate_dict(result.best),
+        "front": [_candidate_dict(c) for c in result.front],
+        "fastest_ms": round(result.fastest.latency_ms, 6),
+        "trials": result.trials,
+        "evaluations": result.evaluations,
+        "cached_shapes": len(cache),
+        "study": study_name,
+        "storage": str(request.storage or request.out / "study.journal"),
+    }
+    if request.export:
+        report["export"] = str(quality.export(result.best.shape, request.export))
+    if request.verify:
+        from amoebasearch.profile.blocks import Point
+
+        if request.export:  # measure exactly what was written, reloaded with plain transformers
+            from transformers import AutoModelForCausalLM
+
+            subnet = AutoModelForCausalLM.from_pretrained(request.export)
+        else:
+            subnet = quality.subnet(result.best.shape)
+        point = Point(request.phase, request.batch, request.context)
+        report["verify"] = verify(table, subnet, result.best.latency_ms, point, request.device)
+        report["verify"]["within_budget"] = report["verify"]["measured_ms"] <= request.budget_ms
+    return report
+
+
+def verify(
+    table: LatencyTable, subnet: Any, predicted_ms: float, point: Any, device: str, repeats: int = 41
+) -> dict[str, Any]:
+    """Measure ``subnet`` end to end in the table's runtime, device, dtype and threads, at the
+    table point the budget is for, with the profiler's own harness; compare with the prediction.
+    """
+    import torch
+
+    from amoebasearch.profile import timing
+    from amoebasearch.profile.programs import Context, model_program
+    from amoebasearch.profile.runtimes import get_runtime
+
+    meta = table.meta
+    if meta.get("device", {}).get("kind") == "cpu":
+        device = "cpu"
+    elif not device.startswith("cuda"):
+        raise UsageError(f"--verify: {table.path} is a GPU table; pass --device cuda:N to measure on that GPU")
+    dtype = getattr(torch, meta.get("dtype", "float32"))
+    threads = int(meta.get("settings", {}).get("threads") or torch.get_num_threads())
+    with timing.measurement_threads(device, threads):
+        runtime = get_runtime(meta["runtime"]["name"], device, dtype)
+        context = Context(runtime, device, dtype, seed=0)
+        model = runtime.prepare_model(subnet.to(device=device, dtype=dtype).eval())
+        stats = timing.measure(*model_program(model, point, context), clock=timing.clock_for(device), repeats=repeats)
+    measured = stats.median_us / 1000.0
+    return {
+        "measured_ms": round(measured, 4),
+        "predicted_ms": round(predicted_ms, 4),
+        "error_pct": round((predicted_ms - measured) / measured * 100.0, 2),
+        "p10_ms": round(stats.p10_us / 1000.0, 4),
+        "p90_ms": round(stats.p90_us / 1000.0, 4),
+        "repeats": repeats,
+    }

@@ -1,0 +1,29 @@
+"""Quality of a shape: held-out perplexity through the supernet (or the plan-only base model).
+
+``logits_fn(shape, input_ids)`` is the only thing a quality source must provide: a trained
+supernet runs its SMoL forward, a plan-only supernet runs the base model's elastic forward
+(`amoebasearch.elastic.elastic_logits`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from amoebasearch.plan.evaluate import logits_metric
+from amoebasearch.shape import Shape
+
+LogitsFn = Callable[[Shape, torch.Tensor], torch.Tensor]
+
+
+class HeldOutPerplexity:
+    """exp(mean next-token NLL) of a shape over fixed held-out chunks ([n, seq_len] token ids)."""
+
+    def __init__(self, logits_fn: LogitsFn, chunks: torch.Tensor, batch: int = 4) -> None:
+        self.logits_fn = logits_fn
+        self.chunks = chunks
+        self.batch = batch
+
+    def __call__(self, shape: Shape) -> float:
+        return logits_metric(self.logits_fn, shape, self.chunks, batch_size=self.batch)

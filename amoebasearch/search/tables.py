@@ -1,0 +1,49 @@
+"""Pick the latency table `find` prices shapes with: measured for this device first, then estimated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amoebasearch.errors import UsageError
+from amoebasearch.profile.table import LatencyTable, load_table
+
+
+def candidate_tables(folder: Path, signature: str) -> list[Path]:
+    """Table CSVs in ``folder`` whose sidecar names this model signature."""
+    found = []
+    for sidecar in sorted(folder.glob("*.json")):
+        csv = sidecar.with_suffix(".csv")
+        if not csv.is_file():
+            continue
+        try:
+            meta = json.loads(sidecar.read_text())
+        except json.JSONDecodeError:
+            continue
+        if meta.get("model", {}).get("signature") == signature:
+            found.append(csv)
+    return found
+
+
+def choose_table(
+    folder: Path, signature: str, device_slug: str, runtime: str, model_name: str, device: str
+) -> LatencyTable:
+    """The measured table for this device and runtime; else an estimated one (callers warn)."""
+    paths = candidate_tables(folder, signature)
+    measured, estimated = [], []
+    for path in paths:
+        table = load_table(path, signature, model_name)
+        same_device = path.stem.startswith(f"{model_name}-{device_slug}")
+        same_runtime = table.meta.get("runtime", {}).get("name") == runtime
+        if not table.estimated and same_device and same_runtime:
+            measured.append(table)
+        elif table.estimated and same_device:
+            estimated.append(table)
+    if measured:
+        return measured[0]
+    if estimated:
+        return estimated[0]
+    raise UsageError(
+        f"no latency table for {model_name} on {device} ({runtime}) in {folder}/: run "
+        f"`amoebasearch profile --device {device} --runtime {runtime}` or pass --profile TABLE.csv"
+    )

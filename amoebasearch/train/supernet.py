@@ -1,0 +1,173 @@
+"""The supernet directory that ``train`` writes and ``export --supernet`` / ``find`` read.
+
+base.json            model reference (name or path) + signature; the weights stay where they are
+plan.json            the plan (orderings) the shapes are cut with
+shape_space.json     depths, head options, FFN options the supernet was trained over
+smol_config.json     SMoL hyper-parameters        smol.safetensors  LoRA + gate weights
+train_config.json    loop settings and data        train_log.csv     loss per step and sampled shape
+checkpoint/          the latest resumable state (adapter + optimizer moments + step)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amoebasearch import atomic
+from amoebasearch.errors import UsageError
+from amoebasearch.export import extract
+from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load, load_config, model_signature
+from amoebasearch.planfile import Plan
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+from amoebasearch.train import instruct
+from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
+from amoebasearch.train.trainer import TrainConfig, train
+
+SUPERNET_FORMAT = 1
+
+
+def space_to_dict(space: ShapeSpace) -> dict[str, Any]:
+    return {**space.to_dict(), "min_depth": space.depths[0]}
+
+
+def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeSpace:
+    return ShapeSpace(dims, plan.ordering, ffn_step=int(data["ffn_step"]), min_depth=int(data["min_depth"]))
+
+
+def write_header(out: Path, model_ref: str, config: Any, plan: Plan, space: ShapeSpace, extra: dict) -> None:
+    """Everything but the weights: written first, so a killed run's directory is still self-describing."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(
+        out / "base.json", {"format": SUPERNET_FORMAT, "model": model_ref, "signature": model_signature(config)}
+    )
+    plan.save(out / "plan.json")
+    atomic.write_json(out / "shape_space.json", space_to_dict(space))
+    atomic.write_json(out / "train_config.json", extra)
+
+
+def train_supernet(
+    out: str | Path,
+    model: str = DEFAULT_MODEL,
+    plan: str | Path | None = None,
+    data: str | Path | None = None,
+    smol: SMoLConfig | None = None,
+    loop: TrainConfig | None = None,
+    seq_len: int = 256,
+    max_examples: int = 50_000,
+    min_depth: int | None = None,
+    ffn_step: int = 64,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """`amoebasearch train` as a function: load, attach SMoL, fine-tune, write the supernet directory.
+
+    ``min_depth`` defaults to half the model's layers: deeper cuts lose too much to recover with
+    LoRA, and every shape trained costs capacity the useful ones share.
+    """
+    out = Path(out)
+    smol, loop = smol or SMoLConfig(), loop or TrainConfig()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: pass a directory")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty: pass --resume to continue it, or choose a new directory")
+    if resume and not (out / "base.json").is_file():
+        raise UsageError(f"--resume: {out} is not a supernet directory (no base.json)")
+    examples = instruct.read_examples(data, max_examples)  # cheap checks before the (slow) weight load
+    config = load_config(model)
+    dims = ModelDims.from_config(config)
+    if resume:  # the run's own plan and shape space, whatever --plan/--min-depth say now
+        plan_obj = Plan.load(out / "plan.json", config)
+        space = space_from_dict(json.loads((out / "shape_space.json").read_text()), dims, plan_obj)
+    else:
+        plan_obj = Plan.load(plan, config) if plan else Plan.identity(config)
+        min_depth = min_depth if min_depth is not None else max(1, dims.num_layers // 2)
+        if not 1 <= min_depth <= dims.num_layers:
+            raise UsageError(f"--min-depth {min_depth} must be between 1 and the model's {dims.num_layers} layers")
+        space = ShapeSpace(dims, plan_obj.ordering, ffn_step=ffn_step, min_depth=min_depth)
+    loaded = load(model)
+    if loaded.tokenizer is None:
+        raise UsageError(f"model {model} has no tokenizer: pass a checkpoint directory that includes one")
+    tokenizer = loaded.tokenizer
+    if isinstance(examples, str):
+        sequences = instruct.tokenise_text(examples, tokenizer, seq_len)
+    else:
+        sequences = instruct.tokenise_examples(examples, tokenizer, seq_len)
+    extra = {
+        "train": asdict(loop),
+        "data": str(data) if data else f"{instruct.DEFAULT_PACKAGE} (default)",
+        "sequences": len(sequences),
+        "seq_len": seq_len,
+        "max_examples": max_examples,
+    }
+    if resume:
+        previous = json.loads((out / "train_config.json").read_text())
+        if {k: v for k, v in previous.items() if k != "train"} != {k: v for k, v in extra.items() if k != "train"}:
+            raise UsageError("--resume: data or --seq-len differ from the run being resumed; keep them equal")
+    else:
+        reference = model if model in EMBEDDED_MODELS else str(Path(model).resolve())
+        write_header(out, reference, config, plan_obj, space, extra)
+    smol_model = SMoLModel(loaded.model, smol, plan_obj.ordering)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress)
+    smol_model.save_adapter(out)
+    return out
+
+
+@dataclass
+class Supernet:
+    """A loaded supernet: the base model with SMoL attached, its plan and shape space."""
+
+    directory: Path
+    loaded: LoadedModel
+    plan: Plan
+    space: ShapeSpace
+    smol: SMoLModel
+
+    def export(self, shape: Shape) -> nn.Module:
+        """A standalone subnet with ``shape``'s active LoRAs merged into its (sliced) weights."""
+        shape.validate(self.loaded.dims)
+        with self.smol.merged(shape) as merged:
+            subnet = extract(merged, shape, self.plan.ordering)
+        with torch.no_grad():
+            route = self.smol.route(shape)
+        subnet.config.amoebasearch["supernet"] = {
+            "directory": str(self.directory),
+            "loras": route.index.tolist(),
+            "gate_weights": [round(float(w), 6) for w in route.weight],
+        }
+        return subnet
+
+    def perplexity(self, shape: Shape, data: list[instruct.Tokenised], batch: int = 8) -> float:
+        """Held-out perplexity of ``shape`` with its LoRAs active (what `find` ranks shapes by)."""
+        from amoebasearch.train.evaluate import perplexity
+
+        tokenizer = self.loaded.tokenizer
+        pad = getattr(tokenizer, "pad_token_id", None) or getattr(tokenizer, "eos_token_id", None) or 0
+        return perplexity(self.smol, shape, data, batch=batch, pad_id=pad)
+
+
+def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
+    """Open a supernet directory; ``model`` overrides the recorded base reference (same signature)."""
+    directory = Path(directory)
+    base_file = directory / "base.json"
+    if not base_file.is_file():
+        raise UsageError(f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`")
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise UsageError(f"{directory} has no finished SMoL weights: finish it with `amoebasearch train --resume`")
+    base = json.loads(base_file.read_text())
+    loaded = load(model or base["model"])
+    if model_signature(loaded.model.config) != base["signature"]:
+        raise UsageError(
+            f"supernet {directory} was trained on model signature {base['signature']}, not "
+            f"{model_signature(loaded.model.config)}: pass the same --model"
+        )
+    plan = Plan.load(directory / "plan.json", loaded.model.config)
+    space = space_from_dict(json.loads((directory / "shape_space.json").read_text()), loaded.dims, plan)
+    smol = SMoLModel.from_adapter(loaded.model, directory, plan.ordering)
+    smol.eval()
+    return Supernet(directory, loaded, plan, space, smol)

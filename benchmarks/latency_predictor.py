@@ -1,0 +1,162 @@
+"""Latency predictor error, from the validation files the profiler publishes.
+
+For every measured table in ``profiles/`` with a ``<table>.validation.csv``: per device x runtime
+x phase, the share of held-out subnets whose predicted latency is within +-5 % and +-10 % of the
+end-to-end measurement, and the mean absolute percentage error (MAPE). Bars: >= 95 % within 5 %,
+>= 99 % within 10 %, MAPE <= 2 %, at least 50 subnets.
+
+Estimated tables are checked wherever a real measurement of the same device exists: the
+estimated table of this CPU (``--estimate cpu-1t``, efficiencies fitted on the eager table's
+block rows) predicts the held-out eager subnets measured end to end (bar: MAPE <= 15 %).
+
+    python benchmarks/latency_predictor.py [--profiles profiles/]
+
+Writes benchmarks/results/latency_predictor.csv, .png and .json (fingerprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fingerprint import machine  # noqa: E402
+
+from amoebasearch.profile import load_table, predict_latency  # noqa: E402
+from amoebasearch.profile.table import validation_path  # noqa: E402
+from amoebasearch.shape import Shape  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+BARS = {"within_5pct": 0.95, "within_10pct": 0.99, "mape_pct": 2.0, "n": 50}
+ESTIMATE_BAR = 15.0
+
+
+def tables(folder: Path):
+    for path in sorted(folder.glob("*.csv")):
+        if path.name.endswith(".validation.csv") or not path.with_suffix(".json").is_file():
+            continue
+        yield load_table(path)
+
+
+def measured_rows(folder: Path) -> list[dict]:
+    out = []
+    for table in tables(folder):
+        vpath = validation_path(table.path)
+        if table.estimated or not vpath.is_file():
+            continue
+        frame = pd.read_csv(vpath)
+        held = frame[frame["split"] == "heldout"]
+        for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
+            err = group["error_pct"].abs()
+            raw = ((group["composed_us"] - group["measured_us"]) / group["measured_us"] * 100).abs()
+            row = {
+                "device": table.meta["device"]["name"],
+                "runtime": table.meta["runtime"]["name"],
+                "dtype": table.meta["dtype"],
+                "source": "measured",
+                "phase": phase,
+                "batch": int(batch),
+                "context": int(context),
+                "n": len(group),
+                "within_5pct": float((err <= 5).mean()),
+                "within_10pct": float((err <= 10).mean()),
+                "mape_pct": float(err.mean()),
+                "uncalibrated_mape_pct": float(raw.mean()),
+            }
+            row["pass"] = (
+                row["n"] >= BARS["n"]
+                and row["within_5pct"] >= BARS["within_5pct"]
+                and row["within_10pct"] >= BARS["within_10pct"]
+                and row["mape_pct"] <= BARS["mape_pct"]
+            )
+            out.append(row)
+    return out
+
+
+def estimate_rows(folder: Path) -> list[dict]:
+    """Estimated tables scored against held-out measurements of the same device."""
+    out = []
+    all_tables = list(tables(folder))
+    for estimate in (t for t in all_tables if t.estimated):
+        spec_slug = estimate.meta["device"]["spec"]["slug"]
+        for table in all_tables:
+            if table.estimated or not validation_path(table.path).is_file():
+                continue
+            if not (spec_slug.startswith("cpu-") and table.meta["device"].get("kind") == "cpu"):
+                continue
+            if table.meta["runtime"]["name"] != "eager":  # estimates are fitted on, and model, eager tables
+                continue
+            frame = pd.read_csv(validation_path(table.path))
+            held = frame[frame["split"] == "heldout"]
+            for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
+                errors = []
+                for r in group.itertuples():
+                    shape = Shape(tuple(range(int(r.depth))), int(r.heads), int(r.ffn))
+                    predicted = predict_latency(shape, estimate, phase, int(batch), int(context))
+                    errors.append(abs(predicted / r.measured_us - 1) * 100)
+                mape = sum(errors) / len(errors)
+                out.append(
+                    {
+                        "device": f"{estimate.meta['device']['name']} (estimated)",
+                        "runtime": "roofline vs eager",
+                        "dtype": estimate.meta["dtype"],
+                        "source": "estimated",
+                        "phase": phase,
+                        "batch": int(batch),
+                        "context": int(context),
+                        "n": len(errors),
+                        "within_5pct": sum(e <= 5 for e in errors) / len(errors),
+                        "within_10pct": sum(e <= 10 for e in errors) / len(errors),
+                        "mape_pct": mape,
+                        "pass": mape <= ESTIMATE_BAR,
+                    }
+                )
+    return out
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.device}\n{r.runtime}\n{r.phase} b{r.batch} c{r.context}" for r in frame.itertuples()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(frame)), 4))
+    colors = ["tab:blue" if s == "measured" else "tab:orange" for s in frame["source"]]
+    ax.bar(range(len(frame)), frame["mape_pct"], color=colors)
+    ax.axhline(BARS["mape_pct"], color="tab:blue", linestyle="--", label="bar, measured tables (2 %)")
+    ax.axhline(ESTIMATE_BAR, color="tab:orange", linestyle=":", label="bar, estimated tables (15 %)")
+    ax.set_xticks(range(len(frame)), labels, fontsize=7)
+    ax.set_ylabel("MAPE of predicted vs measured latency (%)")
+    ax.set_title("Latency predictor error on held-out extracted subnets")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", default=str(Path(__file__).parent.parent / "profiles"))
+    args = parser.parse_args(argv)
+    folder = Path(args.profiles)
+    frame = pd.DataFrame(measured_rows(folder) + estimate_rows(folder))
+    if frame.empty:
+        print(f"no validation files in {folder}: run `amoebasearch profile --validate 50` first")
+        return 1
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(frame.to_string(index=False))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(RESULTS / "latency_predictor.csv", index=False)
+    plot(frame, RESULTS / "latency_predictor.png")
+    (RESULTS / "latency_predictor.json").write_text(json.dumps({"machine": machine(), "bars": BARS}, indent=1) + "\n")
+    print(f"wrote {RESULTS / 'latency_predictor.csv'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`amoebasearch find` end to end on a tiny checkpoint with a hand-made latency table."""
+
+import json
+
+import pandas as pd
+import pytest
+from plan_helpers import PROSE, tiny_checkpoint_with_tokenizer
+from transformers import AutoModelForCausalLM
+
+from amoebasearch.cli import main
+from amoebasearch.models import load_config, model_signature
+from amoebasearch.profile.table import LatencyTable
+from amoebasearch.shape import ModelDims, ShapeSpace
+
+BLOCK_US = 1000.0  # a full-width decoder block costs 1 ms; narrower blocks cost proportionally less
+
+
+def fake_table(checkpoint, path, source="measured"):
+    """A complete decode table for the tiny model: 0.5 ms fixed + depth x block(heads, ffn)."""
+    config = load_config(str(checkpoint))
+    dims = ModelDims.from_config(config)
+    space = ShapeSpace(dims)
+    rows = [
+        {"block": b, "heads": 0, "ffn": 0, "median_us": us}
+        for b, us in (("embedding", 100.0), ("head", 300.0), ("overhead", 100.0))
+    ]
+    for heads in space.head_options:
+        for ffn in space.ffn_options:
+            us = BLOCK_US * (0.4 * heads / dims.num_heads + 0.6 * ffn / dims.ffn)
+            rows.append({"block": "decoder", "heads": heads, "ffn": ffn, "median_us": us})
+    for row in rows:
+        row.update(phase="decode", batch=1, context=128, p10_us=row["median_us"], p90_us=row["median_us"])
+        row.update(repeats=21, noisy=False, source=source)
+    meta = {
+        "format": 1,
+        "source": source,
+        "model": {"name": checkpoint.name, "signature": model_signature(config)},
+        "device": {"kind": "cpu", "name": "test cpu"},
+        "runtime": {"name": "eager"},
+        "dtype": "float32",
+        "settings": {"ffn_step": 64},
+    }
+    table = LatencyTable.empty(meta)
+    table.append(rows)
+    return table.save(path)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    checkpoint = tiny_checkpoint_with_tokenizer(tmp_path / "tiny")
+    data = tmp_path / "prose.txt"
+    data.write_text("\n\n".join([PROSE] * 30))
+    table = fake_table(checkpoint, tmp_path / "profiles" / "tiny-test-cpu-eager-float32.csv")
+    return checkpoint, data, table
+
+
+def find_args(setup, tmp_path, *extra):
+    checkpoint, data, table = setup
+    return [
+        "find", "--model", str(checkpoint), "--data", str(data), "--profile", str(table),
+        "--eval-tokens", "512", "--trials", "12", "--out", str(tmp_path / "run"), "--json", *extra,
+    ]  # fmt: skip
+
+
+def test_find_respects_budget_caches_quality_and_exports(setup, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--export", str(tmp_path / "sub"))) == 0
+    report = json.loads(capsys.readouterr().out)
+    best = report["best"]
+    assert best["latency_ms"] <= 3.0 and report["table_source"] == "measured"
+    assert report["evaluations"] >= 1 and all(c["latency_ms"] <= 3.0 for c in report["front"])
+    assert json.loads((tmp_path / "run" / "best_shape.json").read_text()) == best["shape"]
+    front = pd.read_csv(tmp_path / "run" / "pareto.csv")
+    assert len(front) == len(report["front"]) and {"depth", "heads", "ffn", "latency_ms", "quality"} <= set(front)
+    assert front["latency_ms"].is_monotonic_increasing and front["quality"].is_monotonic_decreasing
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "sub")
+    assert exported.config.num_hidden_layers == len(best["shape"]["layers"])
+
+    # A new budget reuses every quality already measured: same seed, same proposals, no evaluation.
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--study", "again")) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["evaluations"] == 0 and again["best"] == best
+
+
+def test_estimated_table_warns(setup, tmp_path, capsys):
+    checkpoint, data, _ = setup
+    estimated = fake_table(checkpoint, tmp_path / "est" / "tiny-a5000-roofline-bfloat16.csv", source="estimated")
+    capsys.readouterr()
+    assert main(find_args((checkpoint, data, estimated), tmp_path, "--budget", "5ms", "--trials", "3")) == 0
+    assert "ESTIMATED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--budget", "0.1ms"), "infeasible"),
+        (("--budget", "fast"), "is not a latency"),
+        (("--budget=-3ms",), "is not a latency"),
+        (("--budget", "0ms"), "must be a positive latency"),
+        (("--budget", "3ms", "--phase", "prefill"), "no complete rows for prefill"),
+        (("--budget", "3ms", "--storage", "redis://x"), "not understood"),
+    ],
+)
+def test_bad_find_inputs_are_one_line_errors(setup, tmp_path, capsys, extra, message):
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_missing_table_says_which_profile_command_to_run(setup, tmp_path, capsys):
+    checkpoint, data, _ = setup
+    capsys.readouterr()
+    code = main(["find", "--model", str(checkpoint), "--budget", "3ms", "--profiles", str(tmp_path / "none")])
+    assert code == 2
+    assert "amoebasearch profile --device cpu --runtime eager" in capsys.readouterr().err
+
+
+def test_verify_measures_the_chosen_subnet(setup, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "4", "--verify")) == 0
+    verify = json.loads(capsys.readouterr().out)["verify"]
+    assert verify["measured_ms"] > 0 and verify["repeats"] >= 20
+    assert verify["p10_ms"] <= verify["measured_ms"] <= verify["p90_ms"]

@@ -1,0 +1,172 @@
+"""DP depth shrinking and depth baselines: exactness, equivalence to the naive DP, resume, runner."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from amoebasearch.elastic import use_shape
+from amoebasearch.errors import UsageError
+from amoebasearch.plan.depth import (
+    DPTable,
+    by_scores,
+    check_max_remove,
+    dp_depth,
+    dp_depth_naive,
+    drop_last,
+    naive_dp_evaluations,
+    random_removal,
+)
+from amoebasearch.plan.layerwise import LayerRunner
+from amoebasearch.plan.metrics import KLToFull, Perplexity
+from amoebasearch.plan.select import ModelEvaluator, select_depth
+from amoebasearch.shape import Shape
+
+
+class AdditiveEvaluator:
+    """Toy evaluator: a state is the set of kept layers so far; the metric sums the removed layers' costs.
+
+    For an additive metric the DP recurrence is exact, so it must match brute force.
+    """
+
+    def __init__(self, costs):
+        self.costs = costs
+
+    def initial_state(self):
+        return frozenset()
+
+    def extend(self, states, layer):
+        return [state | {layer} for state in states]
+
+    def score(self, states, start):
+        # layers before `start` that the state did not keep were removed; later ones are kept
+        return [self(frozenset(range(start)) - state) for state in states]
+
+    def __call__(self, removed):
+        return sum(self.costs[i] for i in removed)
+
+
+def brute_force(evaluate, num_layers, m):
+    return min(evaluate(frozenset(c)) for c in itertools.combinations(range(num_layers), m))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_dp_is_exact_for_additive_metrics(seed):
+    rng = random.Random(seed)
+    num_layers = rng.randint(2, 7)
+    costs = [rng.uniform(-1, 1) for _ in range(num_layers)]
+    evaluator = AdditiveEvaluator(costs)
+    max_remove = rng.randint(1, num_layers - 1)
+    table = dp_depth(evaluator, num_layers, max_remove)
+    naive = dp_depth_naive(evaluator, num_layers, max_remove)
+    for m in range(max_remove + 1):
+        best = brute_force(evaluator, num_layers, m)
+        assert table.values[num_layers][m] == pytest.approx(best)
+        assert evaluator(frozenset(table.removal_set(num_layers, m))) == pytest.approx(best)
+        assert naive.values[num_layers][m] == pytest.approx(best)
+
+
+def test_hand_checkable_case():
+    # removing layer 1 is cheapest, then layer 3; layer 0 is expensive
+    table = dp_depth(AdditiveEvaluator([5.0, -2.0, 1.0, -1.0]), 4, 3)
+    assert table.removals() == {0: (), 1: (1,), 2: (1, 3), 3: (1, 2, 3)}
+    assert table.values[4] == [0.0, -2.0, -3.0, -2.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_eval():
+    model = tiny_model("llama", num_hidden_layers=5)
+    chunks = torch.randint(0, 97, (5, 12), generator=torch.Generator().manual_seed(0))
+    runner = LayerRunner(model, chunks, batch_size=2)
+    return model, chunks, ModelEvaluator(runner, Perplexity(chunks))
+
+
+def test_runner_matches_the_model_and_the_elastic_forward(family_model):
+    chunks = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(1))
+    evaluator = ModelEvaluator(LayerRunner(family_model, chunks, batch_size=2), Perplexity(chunks))
+    with torch.no_grad():
+        full = family_model(input_ids=chunks, labels=chunks).loss.exp().item()
+        with use_shape(family_model, Shape((0, 2, 3), 4, 128)):
+            sub = family_model(input_ids=chunks, labels=chunks).loss.exp().item()
+    assert evaluator.evaluate(frozenset()) == pytest.approx(full, rel=1e-5)
+    assert evaluator.evaluate(frozenset({1})) == pytest.approx(sub, rel=1e-5)
+
+
+def test_fast_dp_equals_naive_dp_with_half_the_evaluations(tiny_eval):
+    _, _, evaluator = tiny_eval
+    fast = dp_depth(evaluator, 5, 4)
+    naive = dp_depth_naive(evaluator.evaluate, 5, 4)
+    assert fast.removals() == naive.removals()
+    for row_fast, row_naive in zip(fast.values, naive.values, strict=True):
+        assert [v is None for v in row_fast] == [v is None for v in row_naive]
+        assert [v for v in row_fast if v is not None] == pytest.approx(
+            [v for v in row_naive if v is not None], rel=1e-6
+        )
+    assert naive.evaluations == naive_dp_evaluations(5, 4)
+    assert fast.evaluations < naive.evaluations / 2 + 1
+
+
+def test_dp_values_are_the_metric_of_their_layer_sets_and_m1_is_optimal(tiny_eval):
+    _, _, evaluator = tiny_eval
+    table = dp_depth(evaluator, 5, 4)
+    for m, removed in table.removals().items():
+        value = evaluator.evaluate(frozenset(removed))
+        assert table.values[5][m] == pytest.approx(value, rel=1e-6)
+        # never worse than the brute-force optimum's evaluation (sanity), and exact for one removal
+        assert value >= brute_force(evaluator.evaluate, 5, m) - 1e-9
+    assert table.values[5][1] == pytest.approx(brute_force(evaluator.evaluate, 5, 1), rel=1e-6)
+
+
+def test_resume_from_a_checkpointed_row_gives_the_same_table(tiny_eval):
+    _, _, evaluator = tiny_eval
+    full = dp_depth(evaluator, 5, 3)
+    saved = {}
+
+    class Interrupted(Exception):
+        pass
+
+    def on_row(table):
+        saved["table"] = DPTable.from_dict(table.to_dict())  # what a JSON checkpoint holds
+        if table.rows_done == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        dp_depth(evaluator, 5, 3, on_row=on_row)
+    resumed = dp_depth(evaluator, 5, 3, table=saved["table"])
+    assert resumed.removals() == full.removals()
+    assert resumed.values[5] == pytest.approx(full.values[5], rel=1e-6)
+
+
+def test_kl_metric_is_zero_for_the_full_model(tiny_eval):
+    model, chunks, _ = tiny_eval
+    runner = LayerRunner(model, chunks, batch_size=2)
+    evaluator = ModelEvaluator(runner, KLToFull(runner.full_logits))
+    assert evaluator.evaluate(frozenset()) == pytest.approx(0.0, abs=1e-3)
+    assert evaluator.evaluate(frozenset({2})) > 1e-3
+    selection = select_depth(model, chunks, "dp", "kl", max_remove=2)
+    assert selection.metric_values[0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_baselines_are_nested_and_well_formed(tiny_eval):
+    model, chunks, _ = tiny_eval
+    for method in ("bi", "ppl", "last", "random", "dp"):
+        selection = select_depth(model, chunks, method, max_remove=4)
+        assert sorted(selection.removal) == [0, 1, 2, 3, 4]
+        sets = selection.layer_sets(5)
+        assert all(len(layers) == depth for depth, layers in sets.items())
+        if method != "dp":
+            for m in range(4):
+                assert set(selection.removal[m]) <= set(selection.removal[m + 1])
+    assert drop_last(5, 2).removal[2] == (3, 4)
+    assert random_removal(5, 3, seed=1).removal == random_removal(5, 3, seed=1).removal
+    assert by_scores("x", [0.5, 0.1, 0.9, 0.1], 2).removal[2] == (1, 3)
+
+
+def test_max_remove_bounds():
+    assert check_max_remove(30, None) == 15
+    with pytest.raises(UsageError, match="keep one layer"):
+        check_max_remove(4, 4)

@@ -1,0 +1,48 @@
+"""`amoebasearch profile` bad inputs: one line on stderr, exit code 2."""
+
+import pytest
+import torch
+
+from amoebasearch.cli import main
+
+
+def one_line_error(capsys, argv):
+    capsys.readouterr()  # drop the fixture's own output
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_cuda_without_cuda(capsys, tiny_checkpoint):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--device", "cuda:0"])
+    assert "CUDA is not available" in err
+
+
+def test_unknown_runtime(capsys, tiny_checkpoint):
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--runtime", "tvm"])
+    assert "unknown runtime 'tvm'" in err
+
+
+def test_not_installed_runtime(capsys, tiny_checkpoint):
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--runtime", "vllm"])
+    assert "not installed" in err
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--context", "--phases"])
+def test_empty_grid(capsys, tiny_checkpoint, flag):
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), flag, ","])
+    assert "empty grid" in err
+
+
+def test_unknown_phase_and_device(capsys, tiny_checkpoint):
+    assert "unknown phase" in one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--phases", "train"])
+    assert "unknown device" in one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--device", "tpu"])
+
+
+def test_unknown_estimate_device(capsys, tiny_checkpoint):
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--estimate", "tpu-v9"])
+    assert "no spec sheet" in err

@@ -1,0 +1,112 @@
+"""Runtimes and measured programs on a tiny model: equal outputs, plug-ins refuse, CUDA paths skip."""
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from amoebasearch.errors import UsageError
+from amoebasearch.export import extract
+from amoebasearch.profile.blocks import Decoder, Point
+from amoebasearch.profile.fingerprint import cpu_fingerprint, device_fingerprint, device_slug, library_versions
+from amoebasearch.profile.programs import Context, model_program, stack_program
+from amoebasearch.profile.runtimes import get_runtime
+from amoebasearch.shape import Shape
+
+
+def test_decoder_module_matches_the_hugging_face_forward():
+    model = extract(tiny_model("llama"), Shape((0, 2), 2, 64))
+    ids = torch.randint(1, 97, (2, 7))
+    with torch.no_grad():
+        expected = model(ids).logits[:, -1:]
+        got = Decoder(model)(ids)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_module_decode_step_matches_cached_forward():
+    from transformers import DynamicCache
+
+    model = tiny_model("llama")
+    ids = torch.randint(1, 97, (1, 6))
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :5], cache=cache, use_cache=True)
+        keys = torch.stack([layer.keys for layer in cache.layers])
+        values = torch.stack([layer.values for layer in cache.layers])
+        expected = model(ids[:, 5:], cache=cache, use_cache=True).logits
+        got = Decoder(model)(ids[:, 5:], keys, values)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_runtime_programs_run(name, phase):
+    model = tiny_model("llama")
+    runtime = get_runtime(name, "cpu", torch.float32)
+    ctx = Context(runtime, "cpu", torch.float32)
+    point = Point(phase, 2, 8)
+    for run, make, reset in (model_program(model, point, ctx), stack_program(model, point, ctx)):
+        for _ in range(2):
+            run(make())
+            if reset:
+                reset()
+
+
+def test_onnxruntime_output_equals_eager():
+    model = extract(tiny_model("llama"), Shape((1, 3), 4, 96))
+    runtime = get_runtime("onnxruntime", "cpu", torch.float32)
+    ids = torch.randint(1, 97, (1, 5))
+    run = runtime.program(Decoder(model), (ids, None, None))
+    with torch.no_grad():
+        expected = Decoder(model)(ids)
+    torch.testing.assert_close(torch.from_numpy(run((ids, None, None))[0]), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vllm", "tensorrt-llm", "mlc-llm"])
+def test_serving_engines_say_not_installed(name):
+    with pytest.raises(UsageError, match=f"runtime {name} is not installed"):
+        get_runtime(name, "cpu", torch.float32)
+
+
+def test_unknown_runtime_names_the_known_ones():
+    with pytest.raises(UsageError, match="unknown runtime 'tvm': choose one of eager, compile, onnxruntime"):
+        get_runtime("tvm", "cpu", torch.float32)
+
+
+def test_cpu_fingerprint_and_slug():
+    fingerprint = device_fingerprint("cpu")
+    assert fingerprint == cpu_fingerprint()
+    assert fingerprint["threads_used"] == torch.get_num_threads()
+    assert device_slug({"kind": "cpu", "name": "AMD EPYC 9654 96-Core"}) == "cpu-amd-epyc-9654-96-core"
+    assert device_slug({"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+    assert library_versions()["torch"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and NVML")
+def test_nvidia_fingerprint_has_nvml_fields():
+    fingerprint = device_fingerprint("cuda:0")
+    for key in ("name", "uuid", "memory_bytes", "driver", "cuda_driver", "power_limit_w", "state_before"):
+        assert key in fingerprint
+    assert "throttle_reasons" in fingerprint["state_before"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_programs_run():
+    model = tiny_model("llama").to("cuda")
+    ctx = Context(get_runtime("eager", "cuda:0", torch.float32), "cuda:0", torch.float32)
+    run, make, reset = model_program(model, Point("decode", 1, 8), ctx)
+    run(make())
+
+
+def test_compile_runtime_matches_eager_on_a_stack():
+    from amoebasearch.profile.blocks import BlockStack, stack_model
+
+    model = tiny_model("llama")
+    runtime = get_runtime("compile", "cpu", torch.float32)
+    eager_stack = stack_model(model, 2, 64)
+    compiled_stack = runtime.prepare_model(stack_model(model, 2, 64))
+    ctx = Context(runtime, "cpu", torch.float32)
+    run, make, _ = stack_program(compiled_stack, Point("prefill", 1, 8), ctx)
+    args = make()
+    with torch.no_grad():
+        expected = BlockStack(eager_stack.model.layers)(*args)
+    torch.testing.assert_close(run(args), expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,143 @@
+"""Tables: round trip, model-signature refusal, predictor composition, resume after a kill."""
+
+import pandas as pd
+import pytest
+from conftest import tiny_model
+
+from amoebasearch.errors import UsageError
+from amoebasearch.models import model_signature
+from amoebasearch.profile import predict_latency
+from amoebasearch.profile.blocks import Point
+from amoebasearch.profile.programs import Context
+from amoebasearch.profile.runtimes import get_runtime
+from amoebasearch.profile.table import FORMAT, LatencyTable, load_table
+from amoebasearch.shape import Shape
+
+
+def hand_table(signature="abc", calibration=None):
+    def row(block, heads, ffn, us, phase="decode"):
+        return dict(
+            block=block,
+            heads=heads,
+            ffn=ffn,
+            phase=phase,
+            batch=1,
+            context=128,
+            median_us=us,
+            p10_us=us * 0.99,
+            p90_us=us * 1.01,
+            repeats=21,
+            noisy=False,
+            source="measured",
+        )
+
+    rows = [
+        row("embedding", 0, 0, 10.0),
+        row("head", 0, 0, 100.0),
+        row("overhead", 0, 0, 5.0),
+        row("decoder", 2, 64, 20.0),
+        row("decoder", 4, 64, 30.0),
+        row("decoder", 4, 128, 40.0),
+    ]
+    meta = {"format": FORMAT, "source": "measured", "model": {"name": "tiny", "signature": signature}}
+    if calibration:
+        meta["calibration"] = calibration
+    return LatencyTable(pd.DataFrame(rows), meta)
+
+
+def test_prediction_composes_rows_by_hand():
+    table = hand_table()
+    shape = Shape((0, 2, 3), heads=4, ffn=64)
+    # embedding 10 + 3 blocks x 30 + head 100 + overhead 5
+    assert predict_latency(shape, table, "decode", 1, 128) == pytest.approx(205.0)
+    assert predict_latency(Shape((1,), 2, 64), table, "decode", 1, 128) == pytest.approx(135.0)
+
+
+def test_calibration_is_applied():
+    table = hand_table(calibration={"decode/1/128": {"scale": 2.0, "offset_us": -10.0}})
+    assert predict_latency(Shape((0,), 4, 128), table, "decode", 1, 128) == pytest.approx(2 * 155.0 - 10)
+
+
+def test_missing_point_or_width_is_a_usage_error():
+    table = hand_table()
+    with pytest.raises(UsageError, match="no complete rows for prefill"):
+        predict_latency(Shape((0,), 4, 64), table, "prefill", 1, 128)
+    with pytest.raises(UsageError, match="no decoder row for heads=2 ffn=128"):
+        predict_latency(Shape((0,), 2, 128), table, "decode", 1, 128)
+
+
+def test_prediction_is_fast():
+    import time
+
+    table = hand_table()
+    shape = Shape((0, 1), 4, 64)
+    predict_latency(shape, table)
+    begin = time.perf_counter()
+    for _ in range(10000):
+        predict_latency(shape, table)
+    assert (time.perf_counter() - begin) / 10000 < 50e-6
+
+
+def test_round_trip_and_signature_refusal(tmp_path):
+    table = hand_table()
+    path = table.save(tmp_path / "t.csv")
+    again = load_table(path, signature="abc")
+    pd.testing.assert_frame_equal(again.rows, table.rows, check_dtype=False)
+    assert again.meta == table.meta
+    with pytest.raises(UsageError, match="profiled for tiny .*signature abc.*not other"):
+        load_table(path, signature="zzz", model_name="other")
+
+
+def test_missing_table_or_sidecar_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_table(tmp_path / "nope.csv")
+    (tmp_path / "lonely.csv").write_text("block\n")
+    with pytest.raises(UsageError, match="no sidecar"):
+        load_table(tmp_path / "lonely.csv")
+
+
+def _profile(model, path, points, interrupt_after=None):
+    from amoebasearch.profile import profiler
+
+    runtime = get_runtime("eager", "cpu", model.dtype)
+    settings = {"repeats": 20, "warmup": 1, "ffn_step": 64, "seed": 0}
+    table = profiler.open_table(path, "tiny", model.config, runtime, "cpu", "float32", points, settings, resume=True)
+    calls = {"n": 0}
+
+    def progress(step):
+        calls["n"] += 1
+        if interrupt_after is not None and calls["n"] >= interrupt_after:
+            raise KeyboardInterrupt
+
+    ctx = Context(runtime, "cpu", model.dtype)
+    profiler.profile_model(
+        model, table, ctx, points, ffn_step=64, warmup=1, repeats=20, interleave=1, progress=progress
+    )
+    return table
+
+
+def test_resume_after_a_kill_keeps_finished_rows(tmp_path, monkeypatch):
+    from amoebasearch.profile import profiler
+
+    model = tiny_model("llama")
+    points = [Point("decode", 1, 8)]
+    with pytest.raises(KeyboardInterrupt):
+        _profile(model, tmp_path, points, interrupt_after=3)
+    csv = next(tmp_path.glob("*.csv"))
+    partial = load_table(csv, model_signature(model.config))
+    finished = partial.done()
+    assert 0 < len(finished) < 3 + 4  # fixed rows + some of the 4 widths (2 heads x 2 ffn)
+
+    measured = []
+    original = profiler.decoder_rows
+
+    def spy(model, ctx, point, widths, settings):
+        measured.extend(widths)
+        return original(model, ctx, point, widths, settings)
+
+    monkeypatch.setattr(profiler, "decoder_rows", spy)
+    table = _profile(model, tmp_path, points)
+    assert len(table.rows) == 3 + 4
+    assert not {("decoder", h, f, "decode", 1, 8) for h, f in measured} & finished
+    reloaded = load_table(csv)
+    assert len(reloaded.rows) == 7 and reloaded.meta["layer_index_check"]["layers"] == [0, 2, 3]

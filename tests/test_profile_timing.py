@@ -1,0 +1,82 @@
+"""The timing harness on a fake clock: statistics, warm-up, interleaving, resets, CUDA skip."""
+
+import pytest
+import torch
+
+from amoebasearch.profile import timing
+
+
+class FakeClock(timing.Clock):
+    """Each timed call 'takes' the next duration from a list (microseconds)."""
+
+    def __init__(self, durations):
+        self.durations = list(durations)
+        self.calls = 0
+
+    def start(self):
+        return None
+
+    def stop(self, token):
+        value = self.durations[self.calls]
+        self.calls += 1
+        return value
+
+
+def test_summary_statistics_on_known_samples():
+    stats = timing.summarize([float(v) for v in range(1, 22)])  # 1..21
+    assert stats.median_us == 11
+    assert stats.p10_us == pytest.approx(3.0)
+    assert stats.p90_us == pytest.approx(19.0)
+    assert stats.repeats == 21
+    assert stats.noisy  # 19/3 > 1.05
+
+
+def test_steady_timings_are_not_flagged():
+    stats = timing.summarize([100.0] * 18 + [101.0, 102.0, 99.0])
+    assert stats.median_us == 100.0
+    assert not stats.noisy
+
+
+def test_warmup_is_untimed_and_inputs_are_fresh():
+    seen = []
+    clock = FakeClock([10.0 + i for i in range(20)])
+    counter = iter(range(1000))
+    stats = timing.measure(seen.append, lambda: next(counter), clock=clock, warmup=3, repeats=20)
+    assert clock.calls == 20  # warm-up calls were not timed
+    assert len(seen) == 23 and len(set(seen)) == 23  # every call got a new input
+    assert stats.median_us == pytest.approx(19.5)
+
+
+def test_interleaving_alternates_programs_and_resets():
+    order, resets = [], []
+    clock = FakeClock([1.0, 2.0] * 20)
+    programs = [
+        (lambda x: order.append("a"), lambda: None, lambda: resets.append("a")),
+        (lambda x: order.append("b"), lambda: None, None),
+    ]
+    stats = timing.measure_interleaved(programs, clock=clock, warmup=1, repeats=20)
+    assert order[2:6] == ["a", "b", "a", "b"]
+    assert len(resets) == 21
+    assert [s.median_us for s in stats] == [1.0, 2.0]
+
+
+def test_too_few_repeats_is_refused():
+    with pytest.raises(ValueError, match="at least 20"):
+        timing.measure(lambda x: None, lambda: None, repeats=5)
+
+
+def test_cpu_clock_measures_real_time():
+    stats = timing.measure(lambda x: sum(range(1000)), lambda: None, repeats=20)
+    assert stats.median_us > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_event_clock_times_gpu_work():
+    x = torch.randn(1024, 1024, device="cuda")
+    stats = timing.measure(lambda a: a @ a, lambda: x, clock=timing.clock_for("cuda:0"), repeats=20)
+    assert stats.median_us > 0
+
+
+def test_clock_choice_follows_the_device():
+    assert type(timing.clock_for("cpu")) is timing.Clock
+    assert isinstance(timing.clock_for("cuda:0"), timing.CudaClock)  # constructing it needs no GPU

@@ -1,0 +1,130 @@
+"""Validation: calibration fit on known data, held-out split, summary, and a tiny end-to-end run."""
+
+import pandas as pd
+import pytest
+import torch
+
+from amoebasearch.profile.validate import fit_calibration, sample_shapes, summary
+from amoebasearch.shape import ModelDims
+
+
+def test_calibration_recovers_a_linear_relation():
+    composed = [100.0, 200.0, 300.0, 450.0]
+    rows = pd.DataFrame(
+        {
+            "phase": "decode",
+            "batch": 1,
+            "context": 128,
+            "composed_us": composed,
+            "measured_us": [1.1 * c + 7 for c in composed],
+        }
+    )
+    fit = fit_calibration(rows)["decode/1/128"]
+    assert fit["scale"] == pytest.approx(1.1) and fit["offset_us"] == pytest.approx(7.0)
+
+
+def test_summary_counts_only_held_out_rows():
+    rows = pd.DataFrame(
+        {
+            "split": ["calibration", "heldout", "heldout", "heldout", "heldout"],
+            "phase": "prefill",
+            "batch": 1,
+            "context": 128,
+            "error_pct": [50.0, 1.0, -4.0, 7.0, -20.0],
+        }
+    )
+    s = summary(rows).iloc[0]
+    assert s["n"] == 4 and s["within_5pct"] == 0.5 and s["within_10pct"] == 0.75
+    assert s["mape_pct"] == pytest.approx(8.0)
+
+
+def test_shapes_are_seeded():
+    dims = ModelDims(num_layers=4, num_heads=4, num_kv_heads=2, ffn=128, hidden=64, head_dim=16)
+    assert sample_shapes(dims, 5, seed=3) == sample_shapes(dims, 5, seed=3)
+    assert sample_shapes(dims, 5, seed=3) != sample_shapes(dims, 5, seed=4)
+
+
+def test_profile_and_validate_tiny_end_to_end(tmp_path):
+    from conftest import tiny_model
+
+    from amoebasearch.cli import main
+
+    tiny_model("llama").save_pretrained(tmp_path / "tiny")
+    torch.manual_seed(0)
+    code = main(
+        [
+            "profile",
+            "--model",
+            str(tmp_path / "tiny"),
+            "--out",
+            str(tmp_path / "p"),
+            "--context",
+            "8",
+            "--validate",
+            "3",
+            "--calibrate",
+            "3",
+            "--ffn-step",
+            "64",
+            "--repeats",
+            "20",
+        ]
+    )
+    assert code == 0
+    validation = pd.read_csv(next((tmp_path / "p").glob("*.validation.csv")))
+    assert len(validation) == 12 and set(validation["split"]) == {"calibration", "heldout"}
+    assert (validation["measured_us"] > 0).all()
+
+
+class ScriptedClock:
+    """Returns scripted durations in call order (fake time for the harness)."""
+
+    def __init__(self, durations):
+        self.durations = iter(durations)
+
+    def start(self):
+        return None
+
+    def stop(self, token):
+        return next(self.durations)
+
+
+def test_disturbed_groups_are_measured_again():
+    from amoebasearch.profile.validate import measure_group
+
+    noop = (lambda x: None, lambda: None, None)
+    disturbed = [50.0, 130.0] * 20  # program, sentinel per round; sentinel 30 % slow
+    calm = [40.0, 100.0] * 20
+    history = [100.0, 101.0, 99.0]  # sentinel timings of the groups accepted before
+    stats, check = measure_group([noop], (noop, history, 90.0), ScriptedClock(disturbed + calm), 0, 20, 0.03)
+    assert check["attempts"] == 2 and check["chosen_attempt"] == 2
+    assert stats[0].median_us == 40.0
+    assert history[-1] == 100.0 and check["sentinel_vs_table"] == round(100 / 90, 4)
+
+
+def test_the_first_group_sets_the_usual_value():
+    from amoebasearch.profile.validate import measure_group
+
+    noop = (lambda x: None, lambda: None, None)
+    history = []
+    _, check = measure_group([noop], (noop, history, 100.0), ScriptedClock([5.0, 123.0] * 20), 0, 20, 0.03)
+    assert check["attempts"] == 1 and history == [123.0]
+
+
+def test_a_lasting_disturbance_keeps_the_closest_attempt():
+    from amoebasearch.profile.validate import MAX_ATTEMPTS, measure_group
+
+    noop = (lambda x: None, lambda: None, None)
+    attempts = [[float(10 + a), 150.0 - 10 * a] * 20 for a in range(MAX_ATTEMPTS)]
+    clock = ScriptedClock([d for attempt in attempts for d in attempt])
+    stats, check = measure_group([noop], (noop, [100.0], 100.0), clock, 0, 20, 0.03)
+    assert check["attempts"] == MAX_ATTEMPTS
+    assert check["chosen_attempt"] == MAX_ATTEMPTS  # its sentinel was closest to the usual value
+
+
+def test_calibration_split_is_seeded_random_and_sized():
+    from amoebasearch.profile.validate import calibration_subnets
+
+    chosen = calibration_subnets(66, 16, seed=0)
+    assert len(chosen) == 16 and chosen == calibration_subnets(66, 16, seed=0)
+    assert chosen != set(range(16))  # not simply the first (earliest-timed) subnets

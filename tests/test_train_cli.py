@@ -1,0 +1,117 @@
+"""`amoebasearch train` and `export --supernet` end to end on a tiny checkpoint; bad inputs exit 2 in one line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from amoebasearch.cli import main
+
+RECORDS = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue is a colour."},
+    {"instruction": "Add the numbers.", "input": "two and three", "output": "The sum is five."},
+    {"instruction": "Say hello.", "input": "", "output": "Hello to you."},
+    {"instruction": "Name an animal.", "input": "", "output": "A cat is an animal."},
+] * 3
+
+
+def add_word_tokenizer(path, texts):
+    """Save a tiny word-level tokenizer beside the checkpoint, so the CLI can read text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    assert len(vocab) <= 97, "the tiny model's vocabulary is 97"
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]")
+    fast.save_pretrained(path)
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_checkpoint):
+    from amoebasearch.train.instruct import PROMPT_WITH_INPUT
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(RECORDS))
+    add_word_tokenizer(tiny_checkpoint, [PROMPT_WITH_INPUT] + [v for r in RECORDS for v in r.values()])
+    return tiny_checkpoint, data, tmp_path
+
+
+def train_args(model, data, out, *extra):
+    small = ["--rank", "4", "--loras", "3", "--seq-len", "64", "--batch", "2", "--min-depth", "2", "--ffn-step", "32"]
+    return ["train", "--model", str(model), "--data", str(data), "--out", str(out), "--quiet", *small, *extra]
+
+
+def test_train_then_export_merged_subnet(setup, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from amoebasearch.train.instruct import read_examples, tokenise_examples
+    from amoebasearch.train.supernet import load_supernet
+
+    model, data, tmp = setup
+    out = tmp / "supernet"
+    assert main(train_args(model, data, out, "--steps", "2", "--save-every", "1")) == 0
+    for name in ("base.json", "plan.json", "shape_space.json", "smol_config.json", "smol.safetensors", "train_log.csv"):
+        assert (out / name).is_file(), name
+    assert main(train_args(model, data, out, "--steps", "3", "--save-every", "1", "--resume")) == 0
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
+
+    exported = tmp / "subnet"
+    assert (
+        main(["export", "--supernet", str(out), "--depth", "3", "--heads", "2", "--ffn", "64", "--out", str(exported)])
+        == 0
+    )
+    assert "merged" in capsys.readouterr().out
+    subnet = AutoModelForCausalLM.from_pretrained(exported).eval()
+    supernet = load_supernet(out)
+    shape = supernet.space.shape(3, 2, 64)
+    ids = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        assert (subnet(input_ids=ids).logits - supernet.smol(shape, ids)).abs().max() <= 1e-4
+    heldout = tokenise_examples(read_examples(data), supernet.loaded.tokenizer, 64)
+    assert 1.0 < supernet.perplexity(shape, heldout) < float("inf")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--top-k", "4"], "top-k"),
+        (["--sandwich", "1"], "sandwich"),
+        (["--data", "/nonexistent/data.json"], "does not exist"),
+        (["--resume"], "not a supernet directory"),
+        (["--min-depth", "9"], "min-depth"),
+        (["--lr", "0"], "must be positive"),
+        (["--steps", "zero"], "not a whole number"),
+    ],
+)
+def test_bad_train_inputs_exit_2_with_one_line(setup, capsys, extra, message):
+    model, data, tmp = setup
+    argv = train_args(model, data, tmp / "new", "--steps", "1") + extra  # a repeated flag: the last one wins
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_out_must_be_empty_without_resume(setup, capsys):
+    model, data, tmp = setup
+    out = tmp / "full"
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert main(train_args(model, data, out, "--steps", "1")) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_export_from_a_non_supernet_exits_2(tmp_path, capsys):
+    code = main(["export", "--supernet", str(tmp_path), "--depth", "2", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not a supernet directory" in err and err.count("\n") == 1

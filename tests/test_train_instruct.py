@@ -1,0 +1,98 @@
+"""Instruction data: Alpaca/ShareGPT readers, response-only labels, padding, disjoint held-out split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amoebasearch.errors import UsageError
+from amoebasearch.train.distill import IGNORE
+from amoebasearch.train.instruct import (
+    Example,
+    collate,
+    iter_json_list,
+    read_examples,
+    split,
+    tokenise_examples,
+    tokenise_text,
+)
+
+
+class CharTokenizer:
+    """One id per character (ids 1..), EOS = 0: enough to check where labels start."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + ord(ch) % 90 for ch in text]}
+
+
+def test_labels_cover_only_the_response_and_eos():
+    [item] = tokenise_examples([Example("Q: hi\n", "yes")], CharTokenizer(), seq_len=64)
+    assert item.labels[:6] == (IGNORE,) * 6
+    assert item.labels[6:] == item.input_ids[6:] and item.input_ids[-1] == 0  # 'yes' + EOS
+
+
+def test_examples_whose_prompt_fills_the_window_are_dropped():
+    tokenised = tokenise_examples([Example("x" * 30, "answer"), Example("q", "answer")], CharTokenizer(), seq_len=32)
+    assert len(tokenised) == 1
+
+
+def test_plain_text_chunks_label_every_token():
+    chunks = tokenise_text("abcdefghij", CharTokenizer(), seq_len=4)
+    assert len(chunks) == 2 and all(c.labels == c.input_ids for c in chunks)
+
+
+def test_collate_pads_without_loss():
+    batch = collate(
+        tokenise_text("abcdefgh", CharTokenizer(), 4)[:1] + tokenise_text("ab", CharTokenizer(), 2), pad_id=0
+    )
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["attention_mask"][1].tolist() == [1, 1, 0, 0]
+    assert batch["labels"][1, 2:].tolist() == [IGNORE, IGNORE]
+
+
+def test_alpaca_json_and_jsonl(tmp_path):
+    records = [{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Greet", "output": "Hi"}]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    for name in ("a.json", "a.jsonl"):
+        examples = read_examples(tmp_path / name)
+        assert [e.response for e in examples] == ["5", "Hi"]
+        assert "### Input:\n2 and 3" in examples[0].prompt and "### Input" not in examples[1].prompt
+
+
+def test_sharegpt_reader_survives_a_truncated_file(tmp_path):
+    conv = {"id": "1", "conversations": [{"from": "human", "value": "Why?"}, {"from": "gpt", "value": "Because."}]}
+    text = json.dumps([conv, conv])
+    (tmp_path / "s.json").write_text(text[:-20])  # cut inside the second record
+    examples = read_examples(tmp_path / "s.json")
+    assert len(examples) == 1 and examples[0].response == "Because."
+    assert len(list(iter_json_list(text))) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.json", None, "does not exist"),
+        ("bad.json", "{not json", "not valid JSON"),
+        ("keys.json", json.dumps([{"prompt": "x"}]), "needs keys"),
+        ("empty.txt", "  ", "empty"),
+        ("data.csv", "a,b", "must end in"),
+    ],
+)
+def test_bad_data_files_give_one_line_errors(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(UsageError, match=message) as err:
+        read_examples(tmp_path / name)
+    assert "\n" not in str(err.value)
+
+
+def test_split_is_disjoint_and_seeded():
+    train, held = split(list(range(20)), 5, seed=3)
+    assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == list(range(20))
+    assert (train, held) == split(list(range(20)), 5, seed=3)
+    with pytest.raises(UsageError):
+        split([1, 2], 2, seed=0)

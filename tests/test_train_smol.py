@@ -1,0 +1,136 @@
+"""SMoL: the gate picks exactly k LoRAs per shape, slicing is consistent, merged export == elastic forward."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from amoebasearch.export import extract
+from amoebasearch.ordering import Ordering
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+from amoebasearch.train.smol import SMoLConfig, SMoLModel, load_balancing_loss
+
+
+def randomise(smol: SMoLModel, seed: int = 1) -> SMoLModel:
+    """Non-zero B matrices and gate weights, so the LoRAs actually change the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in smol.smol_layers():
+            layer.lora_B.copy_(0.05 * torch.randn(layer.lora_B.shape, generator=gen))
+        for param in smol.gate.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    return smol
+
+
+def shuffled_ordering(dims: ModelDims, seed: int = 0) -> Ordering:
+    """A non-identity plan: permuted head and channel rankings, non-prefix layer sets."""
+    rng = random.Random(seed)
+    identity = Ordering.identity(dims)
+
+    def perm(n: int) -> tuple[int, ...]:
+        order = list(range(n))
+        rng.shuffle(order)
+        return tuple(order)
+
+    layer_sets = {d: tuple(sorted(rng.sample(range(dims.num_layers), d))) for d in identity.layer_sets}
+    layer_sets[dims.num_layers] = tuple(range(dims.num_layers))
+    heads = tuple(tuple(perm(dims.heads_per_group) for _ in range(dims.num_kv_heads)) for _ in range(dims.num_layers))
+    ffn = tuple(perm(dims.ffn) for _ in range(dims.num_layers))
+    return Ordering(layer_sets, heads, ffn).validate(dims)
+
+
+def test_gate_depends_on_shape_and_selects_exactly_k():
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4)))
+    space = ShapeSpace(smol.dims, ffn_step=32)
+    routes = {}
+    for shape in space:
+        with torch.no_grad():
+            route = smol.route(shape)
+        assert route.index.numel() == 2 and len(set(route.index.tolist())) == 2
+        assert torch.all(route.weight > 0) and float(route.weight.sum()) == pytest.approx(1.0)
+        assert torch.equal(route.index, smol.route(shape).index)  # deterministic at inference
+        routes[shape] = (tuple(route.index.tolist()), tuple(round(float(w), 5) for w in route.weight))
+    assert len(set(routes.values())) > 1, "the gate gives every shape the same LoRAs and weights"
+
+
+def test_noisy_gate_still_selects_k_and_explores():
+    smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, noise=1.0))
+    shape = ShapeSpace(smol.dims).largest()
+    torch.manual_seed(0)
+    picks = {tuple(sorted(smol.route(shape, noisy=True).index.tolist())) for _ in range(50)}
+    assert all(len(p) == 2 for p in picks)
+    assert len(picks) > 1, "noisy top-k never explored another pair"
+
+
+def test_only_selected_loras_receive_gradients():
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4)))
+    shape = Shape((0, 1, 3), 2, 96)
+    route = smol.route(shape)
+    logits = smol(shape, torch.randint(0, 97, (2, 8)), route=route)
+    logits.square().mean().backward()
+    chosen = set(route.index.tolist())
+    for _, layer in smol.smol_layers():
+        if layer.lora_A.grad is None:
+            continue  # a layer the shape skips
+        norms = layer.lora_A.grad.flatten(1).norm(dim=1)
+        assert {i for i in range(5) if norms[i] > 0} == chosen
+    assert smol.gate.net[0].weight.grad is not None  # the gate learns through the mixture weights
+    assert all(not p.requires_grad for n, p in smol.base.named_parameters() if "lora_" not in n)  # base frozen
+
+
+def test_fresh_adapter_leaves_the_model_unchanged():
+    base = tiny_model()
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        smol = SMoLModel(base, SMoLConfig(rank=4))
+        got = smol(ShapeSpace(smol.dims).largest(), ids)
+    assert torch.allclose(expected, got, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_merged_export_equals_elastic_forward(family):
+    base = tiny_model(family)
+    dims = ModelDims.from_config(base.config)
+    smol = randomise(SMoLModel(base, SMoLConfig(num_loras=5, top_k=2, rank=4), shuffled_ordering(dims)))
+    smol.eval()
+    original = {k: v.clone() for k, v in base.state_dict().items() if "lora" not in k}
+    ids = torch.randint(0, 97, (2, 12))
+    space = ShapeSpace(dims, smol.ordering, ffn_step=32)
+    for shape in [space.largest(), space.smallest(), space.shape(3, 2, 96), space.shape(2, 4, 64)]:
+        with torch.no_grad():
+            elastic = smol(shape, ids)
+            with smol.merged(shape) as merged:
+                subnet = extract(merged, shape, smol.ordering)
+            exported = subnet(input_ids=ids).logits
+        assert exported.shape == elastic.shape
+        assert (exported - elastic).abs().max() <= 1e-4, f"{family} {shape}"
+    restored = {k: v for k, v in base.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(original[k], restored[k]) for k in original), "merge did not restore the base weights"
+
+
+def test_adapter_round_trip(tmp_path):
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=3, top_k=2, rank=4)))
+    smol.save_adapter(tmp_path)
+    again = SMoLModel.from_adapter(tiny_model(), tmp_path)
+    assert again.config == smol.config
+    ids, shape = torch.randint(0, 97, (1, 9)), Shape((0, 2), 2, 64)
+    with torch.no_grad():
+        assert torch.equal(smol(shape, ids), again(shape, ids))
+
+
+def test_load_balancing_loss_is_one_when_uniform_and_higher_when_skewed():
+    uniform = torch.full((4, 4), 0.25)
+    assert float(load_balancing_loss(uniform, torch.tensor([[0], [1], [2], [3]]), 4)) == pytest.approx(1.0)
+    skewed = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 4)
+    assert float(load_balancing_loss(skewed, torch.tensor([[0]] * 4), 4)) > 1.0
+
+
+def test_config_rejects_top_k_above_loras():
+    from amoebasearch.errors import UsageError
+
+    with pytest.raises(UsageError, match="top-k"):
+        SMoLConfig(num_loras=2, top_k=3)

@@ -122,8 +122,8 @@ class QualitySource:
         return save_subnet(self.subnet(shape), out, self._loaded.tokenizer)
 
 
-def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan, ShapeSpace | None]:
-    """(name, signature, config, plan, stored shape space) without loading any weights."""
+def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
+    """(name, signature, config, plan) without loading any weights."""
     if request.supernet:
         directory = Path(request.supernet)
         base_file = directory / "base.json"
@@ -135,10 +135,10 @@ def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan, ShapeSpa
         config = load_config(base["model"])
         plan = Plan.load(directory / "plan.json", config)
         name = resolve(base["model"])[0]
-        return name, base["signature"], config, plan, None
+        return name, base["signature"], config, plan
     config = load_config(request.model)
     plan = Plan.load(request.plan, config) if request.plan else Plan.identity(config)
-    return resolve(request.model)[0], model_signature(config), config, plan, None
+    return resolve(request.model)[0], model_signature(config), config, plan
 
 
 def source_signature(request: FindRequest, signature: str, plan: Plan) -> str:
@@ -175,7 +175,7 @@ def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
 
 def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report."""
-    name, signature, config, plan, _ = _model_identity(request)
+    name, signature, config, plan = _model_identity(request)
     table = pick_table(request, name, signature)
     if table.warning():
         warn(table.warning())

@@ -9,7 +9,7 @@ with size), and evaluates quality only for feasible proposals that the cache has
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
 
@@ -33,7 +33,7 @@ class SearchResult:
     front: list[Candidate]  # non-dominated (quality, latency) among evaluated shapes within budget
     trials: int
     evaluations: int  # new quality evaluations this run (cache misses)
-    fastest: Candidate = field(default=None)  # type: ignore[assignment]
+    fastest: Candidate  # the fastest shape of the space (its quality if known, else nan)
 
 
 def make_sampler(name: str, seed: int, multi_objective: bool) -> optuna.samplers.BaseSampler:

@@ -29,6 +29,7 @@ from fingerprint import machine  # noqa: E402
 
 from amoebasearch.profile import load_table, predict_latency  # noqa: E402
 from amoebasearch.profile.table import validation_path  # noqa: E402
+from amoebasearch.profile.validate import summary  # noqa: E402
 from amoebasearch.shape import Shape  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,24 +50,13 @@ def measured_rows(folder: Path) -> list[dict]:
         vpath = validation_path(table.path)
         if table.estimated or not vpath.is_file():
             continue
-        frame = pd.read_csv(vpath)
-        held = frame[frame["split"] == "heldout"]
-        for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
-            err = group["error_pct"].abs()
-            raw = ((group["composed_us"] - group["measured_us"]) / group["measured_us"] * 100).abs()
+        for row in summary(pd.read_csv(vpath)).to_dict("records"):
             row = {
                 "device": table.meta["device"]["name"],
                 "runtime": table.meta["runtime"]["name"],
                 "dtype": table.meta["dtype"],
                 "source": "measured",
-                "phase": phase,
-                "batch": int(batch),
-                "context": int(context),
-                "n": len(group),
-                "within_5pct": float((err <= 5).mean()),
-                "within_10pct": float((err <= 10).mean()),
-                "mape_pct": float(err.mean()),
-                "uncalibrated_mape_pct": float(raw.mean()),
+                **row,
             }
             row["pass"] = (
                 row["n"] >= BARS["n"]

@@ -78,11 +78,13 @@ def fit_calibration(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Share within +-5 % and +-10 % and MAPE per point, over the held-out rows."""
+    """Share within +-5 % and +-10 % and MAPE per point, over the held-out rows (and the MAPE of
+    the plain composition before calibration, to show what calibration buys)."""
     held = rows[rows["split"] == "heldout"]
     out = []
     for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
         err = group["error_pct"].abs()
+        uncalibrated = ((group["composed_us"] - group["measured_us"]) / group["measured_us"] * 100).abs()
         out.append(
             {
                 "phase": phase,
@@ -92,6 +94,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                 "within_5pct": float((err <= 5).mean()),
                 "within_10pct": float((err <= 10).mean()),
                 "mape_pct": float(err.mean()),
+                "uncalibrated_mape_pct": float(uncalibrated.mean()),
             }
         )
     return pd.DataFrame(out)

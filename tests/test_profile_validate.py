@@ -31,11 +31,14 @@ def test_summary_counts_only_held_out_rows():
             "batch": 1,
             "context": 128,
             "error_pct": [50.0, 1.0, -4.0, 7.0, -20.0],
+            "measured_us": 100.0,
+            "composed_us": [150.0, 102.0, 92.0, 114.0, 60.0],  # before calibration: twice the error
         }
     )
     s = summary(rows).iloc[0]
     assert s["n"] == 4 and s["within_5pct"] == 0.5 and s["within_10pct"] == 0.75
     assert s["mape_pct"] == pytest.approx(8.0)
+    assert s["uncalibrated_mape_pct"] == pytest.approx(16.0)
 
 
 def test_shapes_are_seeded():

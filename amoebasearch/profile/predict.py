@@ -9,11 +9,12 @@ effects between blocks. Lookups are precomputed once per table, so a call is a f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.table import LatencyTable
-from amoebasearch.shape import Shape
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
 FIXED_BLOCKS = ("embedding", "head", "overhead")
 
@@ -62,9 +63,15 @@ def build_lookup(table: LatencyTable, calibrated: bool = True) -> dict[tuple[str
     return models
 
 
-def point_model(table: LatencyTable, phase: str, batch: int, context: int) -> PointModel:
+def table_points(table: LatencyTable) -> set[tuple[str, int, int]]:
+    """The (phase, batch, context) points the table can price (lookups built once per table)."""
     if table._lookup is None:
         table._lookup = build_lookup(table)
+    return set(table._lookup)
+
+
+def point_model(table: LatencyTable, phase: str, batch: int, context: int) -> PointModel:
+    table_points(table)
     try:
         return table._lookup[(phase, int(batch), int(context))]
     except KeyError:
@@ -78,3 +85,18 @@ def point_model(table: LatencyTable, phase: str, batch: int, context: int) -> Po
 def predict_latency(shape: Shape, table: LatencyTable, phase: str = "decode", batch: int = 1, context: int = 128):
     """Predicted latency of one ``phase`` call of subnet ``shape``, in microseconds."""
     return point_model(table, phase, batch, context).predict(shape)
+
+
+def table_space(table: LatencyTable) -> ShapeSpace:
+    """The identity-ordered shape space a table prices (dims and FFN step from its sidecar)."""
+    dims = ModelDims(**table.meta["model"]["dims"])
+    return ShapeSpace(dims, ffn_step=int(table.meta.get("settings", {}).get("ffn_step", 64)))
+
+
+def phase_predictors(table: LatencyTable, batch: int = 1, context: int = 128) -> dict[str, Callable[[Shape], float]]:
+    """phase -> predicted latency in ms, for every phase the table holds at (batch, context)."""
+    phases = sorted({p for p, b, c in table_points(table) if (b, c) == (batch, context)})
+    if not phases:
+        point_model(table, "decode", batch, context)  # raises the one-line error naming what exists
+    models = {phase: point_model(table, phase, batch, context) for phase in phases}
+    return {phase: (lambda shape, m=model: m.predict(shape) / 1000.0) for phase, model in models.items()}

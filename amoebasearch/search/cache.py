@@ -22,6 +22,10 @@ def shape_key(shape: Shape) -> str:
     return json.dumps(shape.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+def shape_from_key(key: str) -> Shape:
+    return Shape.from_dict(json.loads(key))
+
+
 def cache_study_name(supernet_signature: str, eval_settings: dict[str, Any]) -> str:
     settings = hashlib.sha256(json.dumps(eval_settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"amoebasearch-quality-{supernet_signature}-{settings}"
@@ -45,6 +49,10 @@ class QualityCache:
 
     def __len__(self) -> int:
         return len(self._known)
+
+    def items(self) -> list[tuple[str, float]]:
+        """(shape key, quality) of every cached shape, in a stable order."""
+        return sorted(self._known.items())
 
     def get(self, shape: Shape) -> float | None:
         return self._known.get(shape_key(shape))

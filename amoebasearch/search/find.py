@@ -268,3 +268,19 @@ def verify(
         "p90_ms": round(stats.p90_us / 1000.0, 4),
         "repeats": repeats,
     }
+
+
+def known_qualities(request: FindRequest) -> Any:
+    """Every shape the request's quality cache holds, in the qualities CSV layout of
+    `amoebasearch.fronts` (what `plot fronts` and the notebooks price on every device).
+    """
+    from amoebasearch.fronts import qualities_frame
+    from amoebasearch.search.cache import shape_from_key
+
+    name, signature, _, plan = _model_identity(request)
+    settings = QualitySource(request, plan).eval_settings
+    storage = open_storage(request.storage or request.out / "study.journal")
+    cache = QualityCache(storage, cache_study_name(source_signature(request, signature, plan), settings))
+    selection = f"{plan.depth_method}+{plan.width_method}" + ("+smol" if request.supernet else "")
+    records = [(shape_from_key(key), quality) for key, quality in cache.items()]
+    return qualities_frame(records, selection, settings["metric"], name, signature)

@@ -284,3 +284,23 @@ def calibration_split(
         "corpus_tokens": available,
     }
     return TextSplit(calibration=calibration, held_out=held_out, settings=settings)
+
+
+def plan_split(
+    tokenizer: Any, calibration: dict[str, Any], eval_tokens: int, path: str | Path | None = None
+) -> TextSplit:
+    """The split a plan was calibrated on (its ``calibration`` settings), with ``eval_tokens``
+    held-out tokens drawn after the calibration chunks: quality evaluations of the plan's shapes
+    never see the text that chose them.
+    """
+    data = calibration.get("data", DEFAULT_CORPUS)
+    if path is None and data not in (DEFAULT_CORPUS, "default"):
+        path = data
+    return calibration_split(
+        tokenizer,
+        path=path,
+        seq_len=calibration.get("seq_len", 256),
+        calib_tokens=max(calibration.get("calibration_tokens", 0), 1),
+        eval_tokens=eval_tokens,
+        seed=calibration.get("seed", 0),
+    )

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fingerprint import machine  # noqa: E402
 
 from amoebasearch import fronts  # noqa: E402
-from amoebasearch.data import calibration_split  # noqa: E402
+from amoebasearch.data import plan_split  # noqa: E402
 from amoebasearch.elastic import elastic_logits  # noqa: E402
 from amoebasearch.models import load, model_signature  # noqa: E402
 from amoebasearch.ordering import Ordering  # noqa: E402
@@ -61,13 +61,7 @@ def main() -> None:
     signature = model_signature(config)
     plan = Plan.load(args.plan, config)
     calib = plan.calibration
-    split = calibration_split(
-        loaded.tokenizer,
-        seq_len=calib.get("seq_len", 256),
-        calib_tokens=max(calib.get("calibration_tokens", 0), 1),
-        eval_tokens=args.eval_tokens,
-        seed=calib.get("seed", 0),
-    )
+    split = plan_split(loaded.tokenizer, calib, args.eval_tokens)
     storage = open_storage(args.cache)
     settings = {"metric": "ppl", "eval_tokens": args.eval_tokens, "seq_len": calib.get("seq_len", 256)}
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fingerprint import machine  # noqa: E402
 
-from amoebasearch.data import calibration_split  # noqa: E402
+from amoebasearch.data import plan_split  # noqa: E402
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.models import load, model_signature  # noqa: E402
 from amoebasearch.planfile import Plan  # noqa: E402
@@ -66,13 +66,7 @@ def main() -> None:
     latency = {shape: point.predict(shape) / 1000.0 for shape in space}
 
     calib = plan.calibration
-    split = calibration_split(
-        loaded.tokenizer,
-        seq_len=calib.get("seq_len", 256),
-        calib_tokens=max(calib.get("calibration_tokens", 0), 1),
-        eval_tokens=args.eval_tokens,
-        seed=calib.get("seed", 0),
-    )
+    split = plan_split(loaded.tokenizer, calib, args.eval_tokens)
     evaluate = HeldOutPerplexity(elastic_logits(loaded.model, plan.ordering), split.held_out)
     settings = {"metric": "ppl", "eval_tokens": args.eval_tokens, "seq_len": calib.get("seq_len", 256)}
     cache = QualityCache(open_storage(args.cache), cache_study_name(model_signature(loaded.model.config), settings))

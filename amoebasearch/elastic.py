@@ -127,11 +127,27 @@ def use_shape(model: nn.Module, shape: Shape, ordering: Ordering | None = None) 
         model.__dict__.pop("amoeba_shape", None)
 
 
-def elastic_logits(model: nn.Module, ordering: Ordering | None = None):
-    """``logits(shape, input_ids)`` of ``model`` run in place as ``shape`` (no cache, no copies)."""
+def model_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits of one cache-free forward. A 4D additive ``attention_mask`` (a custom mask, used by
+    transformers as given) is cast to the model's dtype, as the attention kernels require.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.is_floating_point():
+        attention_mask = attention_mask.to(next(model.parameters()).dtype)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
 
-    def logits(shape: Shape, input_ids: torch.Tensor) -> torch.Tensor:
+
+def elastic_logits(model: nn.Module, ordering: Ordering | None = None):
+    """``logits(shape, input_ids, attention_mask=None, position_ids=None)`` of ``model`` run in place
+    as ``shape`` (no cache, no copies).
+    """
+
+    def logits(shape: Shape, input_ids: torch.Tensor, attention_mask=None, position_ids=None) -> torch.Tensor:
         with use_shape(model, shape, ordering):
-            return model(input_ids=input_ids, use_cache=False).logits
+            return model_logits(model, input_ids, attention_mask, position_ids)
 
     return logits

@@ -2,6 +2,7 @@
 
 import json
 
+import optuna
 import pandas as pd
 import pytest
 from plan_helpers import PROSE, tiny_checkpoint_with_tokenizer
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from amoebasearch.cli import main
 from amoebasearch.models import load_config, model_signature
 from amoebasearch.profile.table import LatencyTable
+from amoebasearch.search.storage import open_storage
 from amoebasearch.shape import ModelDims, ShapeSpace
 
 BLOCK_US = 1000.0  # a full-width decoder block costs 1 ms; narrower blocks cost proportionally less
@@ -122,3 +124,71 @@ def test_verify_measures_the_chosen_subnet(setup, tmp_path, capsys):
     verify = json.loads(capsys.readouterr().out)["verify"]
     assert verify["measured_ms"] > 0 and verify["repeats"] >= 20
     assert verify["p10_ms"] <= verify["measured_ms"] <= verify["p90_ms"]
+
+
+def choice_file(path, count=12):
+    """Multiple-choice items over the prose (the tiny random model answers at about chance)."""
+    words = PROSE.split()
+    lines = []
+    for i in range(count):
+        context = " ".join(words[i : i + 6])
+        endings = [" ".join(words[j : j + 2]) for j in (i + 6, i + 20, i + 30)]
+        lines.append(json.dumps({"context": context, "endings": endings, "label": 0}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_find_accuracy_maximises_and_keeps_its_own_cache(setup, tmp_path, capsys):
+    checkpoint, data, table = setup
+    items = choice_file(tmp_path / "items.jsonl")
+    accuracy_args = find_args((checkpoint, items, table), tmp_path, "--budget", "3ms", "--metric", "accuracy")
+    capsys.readouterr()
+    assert main(accuracy_args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "accuracy" and report["best"]["latency_ms"] <= 3.0
+    assert all(0.0 <= c["quality"] <= 1.0 for c in report["front"])
+    assert report["best"]["quality"] == max(c["quality"] for c in report["front"])
+    front = pd.read_csv(tmp_path / "run" / "pareto.csv")  # same columns; quality now rises with latency
+    assert front["latency_ms"].is_monotonic_increasing and front["quality"].is_monotonic_increasing
+
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "4")) == 0  # ppl, same storage
+    ppl = json.loads(capsys.readouterr().out)
+    assert ppl["metric"] == "ppl" and ppl["evaluations"] >= 1 and ppl["best"]["quality"] > 1.0
+    names = optuna.get_all_study_names(open_storage(ppl["storage"]))
+    caches = [name for name in names if name.startswith("amoebasearch-quality-")]
+    assert len(caches) == 2  # one quality cache per metric: ppl and accuracy never mix
+
+    text_args = [a for a in accuracy_args if a != "--json"] + ["--study", "text"]
+    assert main(text_args) == 0
+    out = capsys.readouterr().out
+    assert f"multiple-choice accuracy {report['best']['quality']:.3f}" in out and "0 new quality" in out
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "is empty"),
+        ([{"endings": ["a", "b"], "label": 0}], "has no context"),
+        ([{"context": "x", "label": 0}], "has no endings"),
+        ([{"context": "x", "endings": ["a"], "label": 0}], "needs at least 2"),
+        ([{"context": "x", "endings": ["a", "b"], "label": 2}], "gold answer 2 for 2 endings"),
+        ([{"context": "x", "endings": ["a", "b"], "answer": "E"}], "gold answer 'E'"),
+        ([{"context": "x", "endings": ["a", "b"]}], "gold answer None"),
+        (["not json"], "is not valid JSON"),
+    ],
+)
+def test_bad_choice_files_are_one_line_errors(setup, tmp_path, capsys, lines, message):
+    checkpoint, _, table = setup
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines))
+    capsys.readouterr()
+    assert main(find_args((checkpoint, path, table), tmp_path, "--budget", "3ms", "--metric", "accuracy")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run" / "study.journal").exists()  # rejected before any search
+
+
+def test_accuracy_data_must_be_jsonl(setup, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--metric", "accuracy")) == 2
+    assert "is not a .jsonl file" in capsys.readouterr().err

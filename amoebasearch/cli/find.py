@@ -14,6 +14,7 @@ from amoebasearch import atomic
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
+from amoebasearch.search.find import METRICS
 from amoebasearch.search.study import SAMPLERS
 
 PHASES = ("decode", "prefill")
@@ -24,8 +25,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "find",
         help="search the shape space for the best subnet under a latency budget",
         description="Latency comes from a profile table (measured for this device first, else estimated); "
-        "quality is held-out perplexity through the supernet, cached in the Optuna storage so any later "
-        "budget or device reuses it.",
+        "quality is held-out perplexity or multiple-choice accuracy through the supernet, cached in the "
+        "Optuna storage so any later budget or device reuses it.",
     )
     parser.add_argument("--budget", required=True, help="latency budget: 30ms, 0.03s, 2.5ms or 30 (ms)")
     parser.add_argument("--profile", help="latency table CSV (default: pick one for --device/--runtime)")
@@ -38,9 +39,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--supernet", help="supernet directory from `amoebasearch train`")
     add_model_argument(parser)
     add_plan_argument(parser)
-    parser.add_argument("--metric", choices=("ppl",), default="ppl", help="quality metric (held-out perplexity)")
-    parser.add_argument("--data", help="held-out text (default: the embedded corpus)")
-    parser.add_argument("--eval-tokens", type=positive_int, default=2048, help="held-out tokens per shape (2048)")
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="ppl",
+        help="quality: held-out perplexity (ppl, default) or multiple-choice accuracy (accuracy)",
+    )
+    parser.add_argument(
+        "--data",
+        help="ppl: held-out text; accuracy: multiple-choice JSONL (context/question/ctx, endings/choices, "
+        "label/answer/gold). Default: the embedded corpus (accuracy: a cloze task on its held-out chapters)",
+    )
+    parser.add_argument("--eval-tokens", type=positive_int, default=2048, help="ppl: held-out tokens per shape (2048)")
+    parser.add_argument("--eval-items", type=positive_int, default=200, help="accuracy: items per shape (200)")
     parser.add_argument("--trials", type=positive_int, default=60, help="Optuna trials (default 60)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     parser.add_argument("--pareto", action="store_true", help="multi-objective study (quality, latency)")
@@ -77,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         plan=args.plan,
         data=args.data,
+        metric=args.metric,
         eval_tokens=args.eval_tokens,
+        eval_items=args.eval_items,
         trials=args.trials,
         sampler=args.sampler,
         pareto=args.pareto,
@@ -108,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
         f"depth={len(best['shape']['layers'])} heads={best['shape']['heads']} ffn={best['shape']['ffn']}"
     )
     print(f"  predicted latency {best['latency_ms']:.3f} ms from {report['table']} ({report['table_source']})")
-    print(f"  held-out perplexity {best['quality']:.3f}")
+    if report["metric"] == "accuracy":
+        print(f"  multiple-choice accuracy {best['quality']:.3f} ({best['quality']:.1%})")
+    else:
+        print(f"  held-out perplexity {best['quality']:.3f}")
     print(
         f"  {report['trials']} trials, {report['evaluations']} new quality evaluations "
         f"({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"

@@ -21,11 +21,15 @@ from amoebasearch.planfile import Plan
 from amoebasearch.profile.predict import point_model
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
-from amoebasearch.search.quality import HeldOutPerplexity
+from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
+from amoebasearch.search.quality import HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, search
 from amoebasearch.search.tables import choose_table
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+
+METRICS = ("ppl", "accuracy")  # held-out perplexity (lower is better), multiple-choice accuracy (higher)
+CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
 
 
 @dataclass
@@ -42,7 +46,9 @@ class FindRequest:
     model: str = "smollm2-135m"
     plan: str | None = None
     data: str | None = None
-    eval_tokens: int = 2048
+    metric: str = "ppl"  # held-out perplexity (lower is better) or multiple-choice "accuracy" (higher)
+    eval_tokens: int = 2048  # ppl: held-out tokens per shape
+    eval_items: int = 200  # accuracy: items per shape (the first of a --data file, else the cloze task)
     trials: int = 60
     sampler: str = "tpe"
     pareto: bool = False
@@ -56,27 +62,48 @@ class FindRequest:
 
 
 class QualitySource:
-    """The supernet (or plan-only base model) and its held-out data, loaded on first use."""
+    """The supernet (or plan-only base model) and its evaluation data, loaded on first use.
+
+    ``ppl``: perplexity on held-out chunks of the plan's corpus (or ``data``). ``accuracy``:
+    multiple-choice accuracy on the items of ``data`` (JSONL), else on a cloze task built from
+    the embedded corpus's documents that no calibration chunk of the plan touched.
+    """
 
     def __init__(self, request: FindRequest, plan: Plan) -> None:
+        if request.metric not in METRICS:
+            raise UsageError(f"unknown metric {request.metric!r}: choose one of {', '.join(METRICS)}")
         self.request = request
         self.plan = plan
         self._loaded: Any = None
         self._supernet: Any = None
         self._evaluate: Callable[[Shape], float] | None = None
+        self._items = None
+        if request.metric == "accuracy" and request.data:  # a bad file fails now, before any search
+            from amoebasearch.data import read_choice_items
+
+            self._items = read_choice_items(request.data)[: request.eval_items]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.request.metric == "accuracy"
 
     @property
     def eval_settings(self) -> dict[str, Any]:
         """What a shape's quality depends on besides the shape (the quality cache key)."""
         calib = self.plan.calibration
-        return {
-            "metric": "ppl",
+        settings = {
+            "metric": self.request.metric,
             "data": self.request.data or calib.get("data", "default"),
             "seq_len": calib.get("seq_len", 256),
             "calibration_tokens": calib.get("calibration_tokens", 0),
-            "eval_tokens": self.request.eval_tokens,
             "seed": calib.get("seed", 0),
         }
+        if self.request.metric == "ppl":
+            return {**settings, "eval_tokens": self.request.eval_tokens}
+        if self.request.data:  # the items themselves, so an edited file is a new task
+            digest = hashlib.sha256(repr(self._items).encode()).hexdigest()[:16]
+            return {**settings, "data": self.request.data, "items": digest}
+        return {**settings, "data": "cloze:embedded", "items": self.request.eval_items, **CLOZE}
 
     def load(self) -> None:
         if self._loaded is not None:
@@ -90,18 +117,29 @@ class QualitySource:
         else:
             self._loaded = load(self.request.model)
             logits_fn = elastic_logits(self._loaded.model, self.plan.ordering)
-        from amoebasearch.data import calibration_split
+        self._evaluate = self.evaluator(logits_fn, self._loaded.tokenizer)
 
+    def evaluator(self, logits_fn: LogitsFn, tokenizer: Any) -> Callable[[Shape], float]:
+        """The quality of a shape under this source's metric, computed through ``logits_fn``."""
+        from amoebasearch.data import DEFAULT_CORPUS, cloze_items, held_out_documents, plan_split, read_documents
+
+        if tokenizer is None:
+            raise UsageError("this model ships no tokenizer: pass a checkpoint directory that includes one")
         settings = self.eval_settings
-        split = calibration_split(
-            self._loaded.tokenizer,
-            path=self.request.data or (None if settings["data"] in ("default", "kjv") else settings["data"]),
-            seq_len=settings["seq_len"],
-            calib_tokens=max(settings["calibration_tokens"], 1),
-            eval_tokens=settings["eval_tokens"],
-            seed=settings["seed"],
-        )
-        self._evaluate = HeldOutPerplexity(logits_fn, split.held_out)
+        calib_data = self.plan.calibration.get("data", "default")
+        corpus = None if calib_data in ("default", DEFAULT_CORPUS) else calib_data
+        if self.request.metric == "ppl":
+            split = plan_split(tokenizer, self.plan.calibration, settings["eval_tokens"], path=self.request.data)
+            return HeldOutPerplexity(logits_fn, split.held_out)
+        items = self._items
+        if items is None:  # the cloze task: embedded corpus, minus what calibrated the plan
+            docs = read_documents(None)
+            if corpus is None:
+                docs = held_out_documents(
+                    docs, tokenizer, settings["seq_len"], settings["calibration_tokens"], settings["seed"]
+                )
+            items = cloze_items(docs, self.request.eval_items, seed=settings["seed"], **CLOZE)
+        return MultipleChoiceAccuracy(logits_fn, encode_items(items, tokenizer))
 
     def __call__(self, shape: Shape) -> float:
         self.load()
@@ -188,7 +226,8 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
     cache = QualityCache(storage, cache_study_name(source_signature(request, signature, plan), quality.eval_settings))
     study_name = request.study or (
         f"find-{Path(table.path).stem if table.path else 'table'}-{request.phase}-b{request.batch}-c{request.context}"
-        f"-{request.budget_ms:g}ms-{request.sampler}-s{request.seed}{'-pareto' if request.pareto else ''}"
+        f"-{request.budget_ms:g}ms-{request.metric}-{request.sampler}-s{request.seed}"
+        f"{'-pareto' if request.pareto else ''}"
     )
     result = search(
         space,
@@ -202,10 +241,12 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         storage=storage,
         study_name=study_name,
         multi_objective=request.pareto,
+        higher_is_better=quality.higher_is_better,
         progress=request.progress,
     )
     report: dict[str, Any] = {
         "budget_ms": request.budget_ms,
+        "metric": request.metric,
         "table": str(table.path),
         "table_source": "estimated" if table.estimated else "measured",
         "point": {"phase": request.phase, "batch": request.batch, "context": request.context},

@@ -1,20 +1,30 @@
-"""Quality of a shape: held-out perplexity through the supernet (or the plan-only base model).
+"""Quality of a shape through the supernet (or the plan-only base model): held-out perplexity here,
+multiple-choice accuracy in `amoebasearch.search.choice`.
 
 ``logits_fn(shape, input_ids)`` is the only thing a quality source must provide: a trained
 supernet runs its SMoL forward, a plan-only supernet runs the base model's elastic forward
-(`amoebasearch.elastic.elastic_logits`).
+(`amoebasearch.elastic.elastic_logits`). Both also take an optional custom 4D ``attention_mask``
+and ``position_ids``, which the multiple-choice evaluator uses to score all endings in one row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from amoebasearch.plan.evaluate import logits_metric
 from amoebasearch.shape import Shape
 
-LogitsFn = Callable[[Shape, torch.Tensor], torch.Tensor]
+
+class LogitsFn(Protocol):
+    def __call__(
+        self,
+        shape: Shape,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 class HeldOutPerplexity:

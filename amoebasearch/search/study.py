@@ -139,7 +139,10 @@ def search(
     front = pareto_front(evaluated, higher_is_better)
     sign = -1.0 if higher_is_better else 1.0
     best = min(evaluated, key=lambda c: (sign * c.quality, c.latency_ms)) if evaluated else None
-    fastest = Candidate(fastest_shape, latency[fastest_shape], cache.get(fastest_shape) or float("nan"))
+    fastest_quality = cache.get(fastest_shape)
+    fastest = Candidate(
+        fastest_shape, latency[fastest_shape], float("nan") if fastest_quality is None else fastest_quality
+    )
     return SearchResult(
         best=best,
         front=front,

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from amoebasearch import atomic
-from amoebasearch.elastic import slice_linear_weight, use_shape
+from amoebasearch.elastic import model_logits, slice_linear_weight, use_shape
 from amoebasearch.errors import UsageError
 from amoebasearch.models import decoder_layers, projections
 from amoebasearch.ordering import Ordering
@@ -234,9 +234,16 @@ class SMoLModel(nn.Module):
         finally:
             self.holder.route = None
 
-    def forward(self, shape: Shape, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, route=None):
+    def forward(
+        self,
+        shape: Shape,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        route=None,
+        position_ids: torch.Tensor | None = None,
+    ):
         with self.shaped(shape, route) as model:
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return model_logits(model, input_ids, attention_mask, position_ids)
 
     # ------------------------------------------------------------ weights I/O (peft-style)
 

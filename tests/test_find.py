@@ -5,46 +5,18 @@ import json
 import optuna
 import pandas as pd
 import pytest
+import table_helpers
 from plan_helpers import PROSE, tiny_checkpoint_with_tokenizer
 from transformers import AutoModelForCausalLM
 
 from amoebasearch.cli import main
-from amoebasearch.models import load_config, model_signature
-from amoebasearch.profile.table import LatencyTable
+from amoebasearch.models import load_config
 from amoebasearch.search.storage import open_storage
-from amoebasearch.shape import ModelDims, ShapeSpace
-
-BLOCK_US = 1000.0  # a full-width decoder block costs 1 ms; narrower blocks cost proportionally less
 
 
 def fake_table(checkpoint, path, source="measured"):
-    """A complete decode table for the tiny model: 0.5 ms fixed + depth x block(heads, ffn)."""
-    config = load_config(str(checkpoint))
-    dims = ModelDims.from_config(config)
-    space = ShapeSpace(dims)
-    rows = [
-        {"block": b, "heads": 0, "ffn": 0, "median_us": us}
-        for b, us in (("embedding", 100.0), ("head", 300.0), ("overhead", 100.0))
-    ]
-    for heads in space.head_options:
-        for ffn in space.ffn_options:
-            us = BLOCK_US * (0.4 * heads / dims.num_heads + 0.6 * ffn / dims.ffn)
-            rows.append({"block": "decoder", "heads": heads, "ffn": ffn, "median_us": us})
-    for row in rows:
-        row.update(phase="decode", batch=1, context=128, p10_us=row["median_us"], p90_us=row["median_us"])
-        row.update(repeats=21, noisy=False, source=source)
-    meta = {
-        "format": 1,
-        "source": source,
-        "model": {"name": checkpoint.name, "signature": model_signature(config)},
-        "device": {"kind": "cpu", "name": "test cpu"},
-        "runtime": {"name": "eager"},
-        "dtype": "float32",
-        "settings": {"ffn_step": 64},
-    }
-    table = LatencyTable.empty(meta)
-    table.append(rows)
-    return table.save(path)
+    """The shared hand-made decode table (0.5 ms fixed + depth x block(heads, ffn)) for a tiny checkpoint."""
+    return table_helpers.fake_table(load_config(str(checkpoint)), checkpoint.name, path, source=source)
 
 
 @pytest.fixture

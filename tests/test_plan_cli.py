@@ -31,13 +31,13 @@ def test_interrupted_dp_resumes_to_the_same_plan(setup, monkeypatch, capsys):
 
     real_dp = select_depth_module.dp_depth
 
-    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None):
+    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
         def stop_after_row_three(partial):
             on_row(partial)
             if partial.rows_done == 3:
                 raise KeyboardInterrupt
 
-        return real_dp(evaluator, num_layers, max_remove, table, stop_after_row_three)
+        return real_dp(evaluator, num_layers, max_remove, table, stop_after_row_three, **options)
 
     out = tmp / "plan.json"
     monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_dp)
@@ -59,7 +59,7 @@ def test_resume_refuses_a_checkpoint_from_other_settings(setup, capsys):
     checkpoint, data, tmp = setup
     out = tmp / "plan.json"
     ckpt = tmp / "plan.json.dp-checkpoint.json"
-    key = {"model": "other", "data": "x", "metric": "perplexity", "max_remove": 3}
+    key = {"model": "other", "data": "x", "metric": "kl", "max_remove": 3, "beam": 1}
     table = {"num_layers": 4, "max_remove": 3, "values": [], "removed": [], "rows_done": 1, "evaluations": 1}
     ckpt.write_text(json.dumps({"key": key, "table": table}))
     capsys.readouterr()

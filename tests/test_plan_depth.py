@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import pytest
@@ -75,6 +76,66 @@ def test_hand_checkable_case():
     table = dp_depth(AdditiveEvaluator([5.0, -2.0, 1.0, -1.0]), 4, 3)
     assert table.removals() == {0: (), 1: (1,), 2: (1, 3), 3: (1, 2, 3)}
     assert table.values[4] == [0.0, -2.0, -3.0, -2.0]
+
+
+class InteractingEvaluator(AdditiveEvaluator):
+    """Toy non-additive metric: per-layer costs plus a penalty for removing neighbouring layers,
+    so the best set for m need not extend the best prefix (the heuristic part of the DP)."""
+
+    def __init__(self, costs, penalty):
+        super().__init__(costs)
+        self.penalty = penalty
+
+    def __call__(self, removed):
+        return sum(self.costs[i] for i in removed) + self.penalty * sum(i + 1 in removed for i in removed)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3, 8])
+@pytest.mark.parametrize("seed", range(10))
+def test_every_beam_is_exact_for_additive_metrics(seed, beam):
+    rng = random.Random(seed)
+    num_layers = rng.randint(2, 7)
+    evaluator = AdditiveEvaluator([rng.uniform(-1, 1) for _ in range(num_layers)])
+    max_remove = rng.randint(1, num_layers - 1)
+    table = dp_depth(evaluator, num_layers, max_remove, beam=beam)
+    for m, removed in table.removals().items():
+        best = brute_force(evaluator, num_layers, m)
+        assert table.values[num_layers][m] == pytest.approx(best)
+        assert evaluator(frozenset(removed)) == pytest.approx(best)
+        assert len(table.cells[num_layers][m]) <= beam
+
+
+def test_beam_one_is_the_textbook_dp_and_a_wider_beam_finds_the_optimum():
+    # adjacent removals clash (+0.4 each pair); layer 2 costs 0.1. For m = 3 the optimum is {0, 1, 3}
+    # (0.4), but beam 1 keeps {0, 2} (0.1) over {0, 1} (0.4) in cell (3, 2) and ends at {0, 2, 3} (0.5).
+    evaluator = InteractingEvaluator([0.0, 0.0, 0.1, 0.0], penalty=0.4)
+    narrow = dp_depth(evaluator, 4, 3)
+    naive = dp_depth_naive(evaluator, 4, 3)
+    assert narrow.removals() == naive.removals() == {0: (), 1: (0,), 2: (0, 3), 3: (0, 2, 3)}
+    assert narrow.values == naive.values
+    for beam in (2, 3, 6):  # C(4, 2) = 6: nothing is ever pruned
+        wide = dp_depth(evaluator, 4, 3, beam=beam)
+        assert wide.removal_set(4, 3) == (0, 1, 3)
+        for m in range(4):
+            assert wide.values[4][m] == pytest.approx(brute_force(evaluator, 4, m))
+        assert wide.evaluations > narrow.evaluations
+
+
+def test_beam_checkpoint_round_trips_and_resumes():
+    evaluator = InteractingEvaluator([0.0, 0.3, 0.2, 0.2, 0.3, 0.0], penalty=0.4)
+    full = dp_depth(evaluator, 6, 4, beam=3)
+    saved = {}
+
+    def on_row(table):
+        saved[table.rows_done] = DPTable.from_dict(json.loads(json.dumps(table.to_dict())))
+
+    dp_depth(evaluator, 6, 4, on_row=on_row, beam=3)
+    resumed = dp_depth(evaluator, 6, 4, table=saved[4], beam=3)
+    assert resumed.cells == full.cells
+    with pytest.raises(UsageError, match="--beam"):
+        dp_depth(evaluator, 6, 4, table=saved[4], beam=2)
+    with pytest.raises(UsageError, match="at least 1"):
+        dp_depth(evaluator, 6, 4, beam=0)
 
 
 @pytest.fixture(scope="module")

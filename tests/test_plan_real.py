@@ -16,7 +16,7 @@ def test_real_plan_one_removal_matches_the_one_shot_optimum():
     torch.set_num_threads(2)
     loaded = load()
     split = calibration_split(loaded.tokenizer, None, seq_len=128, calib_tokens=256, eval_tokens=0, seed=0)
-    plan = make_plan(loaded.model, split, max_remove=1)
+    plan = make_plan(loaded.model, split, metric="perplexity", max_remove=1)
     plan.ordering.validate(loaded.dims)
     one_shot = select_depth(loaded.model, split.calibration, "ppl", max_remove=1)
     # with one removal the DP scores every single-layer removal, so it equals the one-shot optimum

@@ -15,6 +15,7 @@ from amoebasearch.errors import UsageError
 
 def register(verbs: argparse._SubParsersAction) -> None:
     from amoebasearch.plan import DEPTH_METHODS, METRICS, WIDTH_METHODS
+    from amoebasearch.plan.metrics import DEFAULT_CALIBRATION_TOKENS, DEFAULT_METRIC
 
     parser = verbs.add_parser(
         "plan",
@@ -28,11 +29,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--width-method", choices=WIDTH_METHODS, default="importance", help="head/channel ranking (default importance)"
     )
-    parser.add_argument("--metric", choices=METRICS, default="perplexity", help="DP / ppl metric (default perplexity)")
-    parser.add_argument("--tokens", type=positive_int, default=2048, help="calibration tokens (default 2048)")
+    parser.add_argument(
+        "--metric", choices=METRICS, default=DEFAULT_METRIC, help=f"the DP's metric (default {DEFAULT_METRIC})"
+    )
+    parser.add_argument(
+        "--tokens",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_TOKENS,
+        help=f"calibration tokens (default {DEFAULT_CALIBRATION_TOKENS})",
+    )
     parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per calibration chunk (default 256)")
     parser.add_argument(
         "--max-remove", type=int, help="most layers any depth removes (default: half the layers); bounds the DP table"
+    )
+    parser.add_argument(
+        "--beam", type=positive_int, default=1, help="layer sets kept per DP cell (default 1: the paper's DP)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the data split and random methods (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="chunks per forward pass (default 4)")
@@ -53,16 +64,23 @@ def _load_checkpoint(path: Path, key: dict):
     if not path.is_file():
         print(f"no DP checkpoint at {path}: starting afresh", file=sys.stderr)
         return None
+    unreadable = UsageError(f"DP checkpoint {path} is unreadable: delete it and run without --resume")
     try:
         data = json.loads(path.read_text())
-        saved_key, table = data["key"], DPTable.from_dict(data["table"])
+        saved_key = data["key"]
+        if not isinstance(saved_key, dict):
+            raise unreadable
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise UsageError(f"DP checkpoint {path} is unreadable: delete it and run without --resume") from None
+        raise unreadable from None
     if saved_key != key:
         changed = sorted(k for k in key if saved_key.get(k) != key[k])
         raise UsageError(
             f"DP checkpoint {path} was made with different {', '.join(changed)}: delete it or drop --resume"
         )
+    try:
+        table = DPTable.from_dict(data["table"])
+    except (KeyError, TypeError, ValueError):
+        raise unreadable from None
     print(f"resuming the DP from row {table.rows_done} of {table.num_layers + 1}", file=sys.stderr)
     return table
 
@@ -86,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         "data": split.fingerprint(),
         "metric": args.metric,
         "max_remove": args.max_remove,
+        "beam": args.beam,
     }
     ckpt = checkpoint_path(out)
     table = _load_checkpoint(ckpt, key) if args.resume and args.method == "dp" else None
@@ -109,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         table=table,
         on_row=on_row,
+        beam=args.beam,
     )
     bar.close()
     plan.metrics["wall_time_s"] = round(time.perf_counter() - started, 2)

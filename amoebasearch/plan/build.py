@@ -11,6 +11,7 @@ from amoebasearch.data import TextSplit
 from amoebasearch.models import model_signature
 from amoebasearch.ordering import Ordering
 from amoebasearch.plan.depth import DepthSelection, DPTable
+from amoebasearch.plan.metrics import DEFAULT_METRIC
 from amoebasearch.plan.select import select_depth
 from amoebasearch.plan.width import WidthScores, select_width
 from amoebasearch.planfile import Plan
@@ -31,26 +32,27 @@ def make_plan(
     split: TextSplit,
     depth_method: str = "dp",
     width_method: str = "importance",
-    metric: str = "perplexity",
+    metric: str = DEFAULT_METRIC,
     max_remove: int | None = None,
     seed: int = 0,
     batch_size: int = 4,
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
+    beam: int = 1,
 ) -> Plan:
     """Select layers for every depth and rank heads/channels on ``split.calibration``."""
     dims = ModelDims.from_config(model.config)
     chunks = split.calibration
-    depth = select_depth(model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row)
+    depth = select_depth(model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row, beam)
     width = select_width(model, chunks, width_method, seed, batch_size)
     metrics: dict[str, Any] = {
-        "depth_metric": metric if depth_method in ("dp", "ppl") else None,
+        "depth_metric": {"dp": metric, "ppl": "perplexity"}.get(depth_method),
         "depth_values": {str(dims.num_layers - m): v for m, v in sorted(depth.metric_values.items())},
         "removed_layers": {str(m): list(r) for m, r in sorted(depth.removal.items())},
         "layer_scores": depth.layer_scores,
         "kv_group_scores": width.group_scores(dims),
     }
-    calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "seed": seed}
+    calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "beam": beam, "seed": seed}
     return Plan(
         model_signature=model_signature(model.config),
         ordering=ordering_from(depth, width, dims),

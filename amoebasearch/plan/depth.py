@@ -6,7 +6,8 @@ DP (paper, Sec. 3.2): ``D[n][m]`` is the best calibration metric of a network in
     D[n][m] = min( D[n-1][m]                       keep layer n-1,
                    metric(R[n-1][m-1] + {n-1}) )   remove layer n-1,
 
-with back-pointers so that ``R[L][m]`` is the layer set for depth ``L - m``.
+where ``R[n][m]`` is the layer set that reached ``D[n][m]``, so ``R[L][m]`` is the removal set for
+depth ``L - m``. Each cell records its set, so one table answers every depth.
 
 Two observations make it cheap, with identical results to the naive DP that evaluates both
 candidates of every cell with a full forward:
@@ -20,8 +21,12 @@ So each cell costs one partial forward instead of two full ones. The core below 
 evaluator with ``initial_state``/``extend``/``score``; it does no I/O (``on_row`` lets the caller
 checkpoint), so it is tested exactly against brute force with toy evaluators.
 
-The DP is exact when the metric is additive over removed layers; for perplexity it is the
-paper's heuristic (the best prefix for (n-1, m-1) need not be a prefix of the best set).
+The DP is exact when the metric is additive over removed layers; for perplexity or KL it is the
+paper's heuristic (the best prefix for (n-1, m-1) need not be a prefix of the best set). A beam
+of width ``k`` keeps the ``k`` best sets per cell instead of one (both candidates of every kept
+entry compete for the ``k`` places), which costs ``k`` times the evaluations and recovers
+removal sets whose prefix was only second or third best; ``k = 1`` is the paper's DP and a beam
+wide enough to hold every subset is exhaustive search.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from amoebasearch.errors import UsageError
+
+Entry = tuple[float, tuple[int, ...]]  # (metric value, removed layers ascending)
 
 
 class PrefixEvaluator(Protocol):
@@ -46,58 +53,51 @@ class PrefixEvaluator(Protocol):
 
 @dataclass
 class DPTable:
-    """The DP table with back-pointers. ``removed[n][m]``: was layer n-1 removed in cell (n, m)."""
+    """The DP table: ``cells[n][m]`` holds up to ``beam`` (value, removed layers) entries, best first;
+    ``None`` where no set exists (m > n) or the row is not filled yet.
+    """
 
     num_layers: int
     max_remove: int
-    values: list[list[float | None]]
-    removed: list[list[bool | None]]
+    beam: int
+    cells: list[list[list[Entry] | None]]
     rows_done: int = 0  # rows 0..rows_done-1 are final
     evaluations: int = 0  # candidate networks scored (partial forwards in the fast DP)
 
     @classmethod
-    def empty(cls, num_layers: int, max_remove: int) -> DPTable:
-        width = max_remove + 1
-        return cls(
-            num_layers,
-            max_remove,
-            values=[[None] * width for _ in range(num_layers + 1)],
-            removed=[[None] * width for _ in range(num_layers + 1)],
-        )
+    def empty(cls, num_layers: int, max_remove: int, beam: int = 1) -> DPTable:
+        return cls(num_layers, max_remove, beam, cells=[[None] * (max_remove + 1) for _ in range(num_layers + 1)])
+
+    @property
+    def values(self) -> list[list[float | None]]:
+        """``values[n][m]`` = D[n][m], the best value of each cell (``None`` where unfilled)."""
+        return [[cell[0][0] if cell else None for cell in row] for row in self.cells]
 
     def removal_set(self, n: int, m: int) -> tuple[int, ...]:
-        """The removed layers of cell (n, m), by following back-pointers."""
-        out = []
-        while n > 0:
-            if self.removed[n][m] is None:
-                raise ValueError(f"DP cell ({n}, {m}) is not filled")
-            if self.removed[n][m]:
-                out.append(n - 1)
-                m -= 1
-            n -= 1
-        return tuple(sorted(out))
+        """The removed layers of the best entry of cell (n, m)."""
+        cell = self.cells[n][m]
+        if not cell:
+            raise ValueError(f"DP cell ({n}, {m}) is not filled")
+        return cell[0][1]
 
     def removals(self) -> dict[int, tuple[int, ...]]:
         """m -> removed layers, for every m the finished table covers."""
-        return {
-            m: self.removal_set(self.num_layers, m)
-            for m in range(self.max_remove + 1)
-            if self.values[self.num_layers][m] is not None
-        }
+        return {m: cell[0][1] for m, cell in enumerate(self.cells[self.num_layers]) if cell}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_layers": self.num_layers,
             "max_remove": self.max_remove,
-            "values": self.values,
-            "removed": self.removed,
+            "beam": self.beam,
+            "cells": [[None if c is None else [[v, list(r)] for v, r in c] for c in row] for row in self.cells],
             "rows_done": self.rows_done,
             "evaluations": self.evaluations,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DPTable:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        cells = [[None if c is None else [(float(v), tuple(r)) for v, r in c] for c in row] for row in data["cells"]]
+        return cls(data["num_layers"], data["max_remove"], data["beam"], cells, data["rows_done"], data["evaluations"])
 
 
 def check_max_remove(num_layers: int, max_remove: int | None) -> int:
@@ -115,46 +115,57 @@ def dp_depth(
     max_remove: int,
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
+    beam: int = 1,
 ) -> DPTable:
     """Fill the DP table row by row (see the module docstring); ``table`` resumes a partial one.
 
-    Ties keep the layer. ``on_row`` is called after every finished row (for checkpoints, progress).
+    ``beam`` sets are kept per cell. Ties keep the layer (a "keep" entry ranks before a "remove"
+    entry of equal value). ``on_row`` is called after every finished row (checkpoints, progress).
     """
+    if beam < 1:
+        raise UsageError(f"--beam {beam} must be at least 1")
     if table is None or table.rows_done == 0:
-        table = DPTable.empty(num_layers, max_remove)
+        table = DPTable.empty(num_layers, max_remove, beam)
         state = evaluator.initial_state()
-        table.values[0][0] = evaluator.score([state], 0)[0]
+        table.cells[0][0] = [(evaluator.score([state], 0)[0], ())]
         table.evaluations = 1
         table.rows_done = 1
-        states = {0: state}
+        states = {(0, 0): state}  # (m, slot) -> hidden state after the first n layers of that entry
         if on_row:
             on_row(table)
     else:
-        if (table.num_layers, table.max_remove) != (num_layers, max_remove):
-            raise UsageError("the DP checkpoint was made for another layer count or --max-remove: start afresh")
+        if (table.num_layers, table.max_remove, table.beam) != (num_layers, max_remove, beam):
+            raise UsageError("the DP checkpoint was made for another layer count, --max-remove or --beam: start afresh")
         done = table.rows_done > num_layers
         states = {} if done else _rebuild_states(evaluator, table, table.rows_done - 1)
 
     for n in range(table.rows_done, num_layers + 1):
         layer = n - 1
-        top = min(n, max_remove)
-        remove_ms = [m for m in range(1, top + 1) if (m - 1) in states]
-        scores = dict(zip(remove_ms, evaluator.score([states[m - 1] for m in remove_ms], n), strict=True))
-        table.evaluations += len(remove_ms)
-        kept_ms = []
-        new_states = {}
-        for m in range(top + 1):
-            keep = table.values[n - 1][m] if m in states else None
-            remove = scores.get(m)
-            if remove is not None and (keep is None or remove < keep):
-                table.values[n][m], table.removed[n][m] = remove, True
-                new_states[m] = states[m - 1]  # the removed block passes the residual through
-            else:
-                table.values[n][m], table.removed[n][m] = keep, False
-                kept_ms.append(m)
-        if n < num_layers and kept_ms:
-            for m, state in zip(kept_ms, evaluator.extend([states[m] for m in kept_ms], layer), strict=True):
-                new_states[m] = state
+        previous = table.cells[n - 1]
+        # every entry of row n-1 with m < max_remove spawns a "remove layer n-1" candidate
+        sources = [(m, slot) for m in range(min(n, max_remove)) for slot in range(len(previous[m] or ()))]
+        scores = evaluator.score([states[key] for key in sources], n)
+        table.evaluations += len(sources)
+        candidates: dict[int, list[tuple[float, int, tuple[int, ...], tuple[int, int]]]] = {}
+        for m, cell in enumerate(previous):
+            for slot, (value, removed) in enumerate(cell or ()):
+                candidates.setdefault(m, []).append((value, 0, removed, (m, slot)))
+        for (m, slot), value in zip(sources, scores, strict=True):
+            candidates.setdefault(m + 1, []).append((value, 1, (*previous[m][slot][1], layer), (m, slot)))
+        new_states, to_extend = {}, []
+        for m, entries in candidates.items():
+            entries.sort(key=lambda entry: (entry[0], entry[1]))  # stable: ties keep the layer
+            chosen = entries[:beam]
+            table.cells[n][m] = [(value, removed) for value, _, removed, _ in chosen]
+            for slot, (_, removes, _, source) in enumerate(chosen):
+                if removes:
+                    new_states[(m, slot)] = states[source]  # the removed block passes the residual through
+                else:
+                    to_extend.append(((m, slot), source))
+        if n < num_layers and to_extend:
+            extended = evaluator.extend([states[source] for _, source in to_extend], layer)
+            for (key, _), state in zip(to_extend, extended, strict=True):
+                new_states[key] = state
         states = new_states
         table.rows_done = n + 1
         if on_row:
@@ -162,41 +173,38 @@ def dp_depth(
     return table
 
 
-def _rebuild_states(evaluator: PrefixEvaluator, table: DPTable, n: int) -> dict[int, Any]:
-    """Hidden states of row ``n``'s cells, recomputed from their layer sets (checkpoints hold no tensors)."""
+def _rebuild_states(evaluator: PrefixEvaluator, table: DPTable, n: int) -> dict[tuple[int, int], Any]:
+    """Hidden states of row ``n``'s entries, recomputed from their layer sets (checkpoints hold no tensors)."""
     states = {}
-    for m in range(min(n, table.max_remove) + 1):
-        if table.values[n][m] is None:
-            continue
-        removed = set(table.removal_set(n, m))
-        state = evaluator.initial_state()
-        for layer in range(n):
-            if layer not in removed:
-                state = evaluator.extend([state], layer)[0]
-        states[m] = state
+    for m, cell in enumerate(table.cells[n]):
+        for slot, (_, removed) in enumerate(cell or ()):
+            state = evaluator.initial_state()
+            for layer in range(n):
+                if layer not in removed:
+                    state = evaluator.extend([state], layer)[0]
+            states[(m, slot)] = state
     return states
 
 
 def dp_depth_naive(evaluate: Callable[[frozenset[int]], float], num_layers: int, max_remove: int) -> DPTable:
     """The textbook DP: both candidates of every cell scored by a full evaluation of the network
-    with the given removed set. Same recurrence and tie rule as `dp_depth`; the speed baseline.
+    with the given removed set. Same recurrence and tie rule as `dp_depth` (beam 1); the speed baseline.
     """
     table = DPTable.empty(num_layers, max_remove)
-    table.values[0][0] = evaluate(frozenset())
+    table.cells[0][0] = [(evaluate(frozenset()), ())]
     table.evaluations = 1
     for n in range(1, num_layers + 1):
         for m in range(min(n, max_remove) + 1):
-            keep = remove = None
-            if m <= n - 1 and table.values[n - 1][m] is not None:
-                keep = evaluate(frozenset(table.removal_set(n - 1, m)))
-                table.evaluations += 1
-            if m >= 1 and table.values[n - 1][m - 1] is not None:
-                remove = evaluate(frozenset(table.removal_set(n - 1, m - 1)) | {n - 1})
-                table.evaluations += 1
-            if remove is not None and (keep is None or remove < keep):
-                table.values[n][m], table.removed[n][m] = remove, True
-            else:
-                table.values[n][m], table.removed[n][m] = keep, False
+            candidates = []
+            if m <= n - 1 and table.cells[n - 1][m]:
+                removed = table.removal_set(n - 1, m)
+                candidates.append((evaluate(frozenset(removed)), 0, removed))
+            if m >= 1 and table.cells[n - 1][m - 1]:
+                removed = (*table.removal_set(n - 1, m - 1), n - 1)
+                candidates.append((evaluate(frozenset(removed)), 1, removed))
+            table.evaluations += len(candidates)
+            value, _, removed = min(candidates, key=lambda c: (c[0], c[1]))
+            table.cells[n][m] = [(value, removed)]
         table.rows_done = n + 1
     return table
 

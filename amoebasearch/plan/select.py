@@ -21,7 +21,7 @@ from amoebasearch.plan.depth import (
     random_removal,
 )
 from amoebasearch.plan.layerwise import LayerRunner
-from amoebasearch.plan.metrics import KLToFull, Metric, Perplexity
+from amoebasearch.plan.metrics import DEFAULT_METRIC, KLToFull, Metric, Perplexity
 
 
 class ModelEvaluator:
@@ -52,7 +52,7 @@ def make_metric(name: str, runner: LayerRunner) -> Metric:
         return Perplexity(runner.chunks)
     if name == "kl":
         return KLToFull(runner.full_logits)
-    raise UsageError(f"unknown metric {name!r}: choose perplexity or kl")
+    raise UsageError(f"unknown metric {name!r}: choose kl or perplexity")
 
 
 @torch.no_grad()
@@ -85,16 +85,21 @@ def select_depth(
     model: nn.Module,
     chunks: torch.Tensor,
     method: str = "dp",
-    metric: str = "perplexity",
+    metric: str = DEFAULT_METRIC,
     max_remove: int | None = None,
     seed: int = 0,
     batch_size: int = 4,
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
+    beam: int = 1,
 ) -> DepthSelection:
     """Removed layers for every removal count 0..max_remove by ``method`` (dp, bi, ppl, last, random).
 
-    ``table``/``on_row`` resume and checkpoint the DP; the other methods are one pass or none.
+    ``metric`` is the DP's calibration metric; the ``ppl`` baseline always ranks by perplexity, its
+    published criterion.
+
+        ``beam`` sets per DP cell (1: the paper's DP); ``table``/``on_row`` resume and checkpoint the DP;
+        the other methods are one pass or none.
     """
     num_layers = len(model.model.layers)
     max_remove = check_max_remove(num_layers, max_remove)
@@ -107,10 +112,10 @@ def select_depth(
     runner = LayerRunner(model, chunks, batch_size)
     if method == "bi":
         return by_scores("bi", block_influence(runner), max_remove)
-    scorer = make_metric(metric, runner)
     if method == "ppl":
-        return by_scores("ppl", removal_metric(runner, scorer), max_remove)
-    result = dp_depth(ModelEvaluator(runner, scorer), num_layers, max_remove, table=table, on_row=on_row)
+        return by_scores("ppl", removal_metric(runner, Perplexity(chunks)), max_remove)
+    scorer = make_metric(metric, runner)
+    result = dp_depth(ModelEvaluator(runner, scorer), num_layers, max_remove, table=table, on_row=on_row, beam=beam)
     selection = from_table(result)
     selection.layer_scores = None
     return selection

@@ -131,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if report.get("verify"):
         v = report["verify"]
-        print(f"  measured {v['measured_ms']:.3f} ms (predicted {v['predicted_ms']:.3f}, {v['error_pct']:+.1f}%)")
+        rounds = ", ".join(f"{m:.3f}" for m in v["round_medians_ms"])
+        verdict = "within" if v["within_budget"] else "OVER"
+        print(
+            f"  measured {v['measured_ms']:.3f} ms, {verdict} budget (predicted {v['predicted_ms']:.3f}, "
+            f"{v['error_pct']:+.1f}%; round medians {rounds} ms)"
+        )
     if report.get("export"):
         print(f"  exported to {report['export']}")
     print(

@@ -277,10 +277,22 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
 
 
 def verify(
-    table: LatencyTable, subnet: Any, predicted_ms: float, point: Any, device: str, repeats: int = 41
+    table: LatencyTable,
+    subnet: Any,
+    predicted_ms: float,
+    point: Any,
+    device: str,
+    repeats: int = 41,
+    rounds: int = 3,
+    agree: float = 0.03,
 ) -> dict[str, Any]:
     """Measure ``subnet`` end to end in the table's runtime, device, dtype and threads, at the
     table point the budget is for, with the profiler's own harness; compare with the prediction.
+
+    A shared machine can slow one whole round down (another process on the pinned core), so the
+    subnet is measured in up to ``rounds`` rounds of ``repeats`` calls, stopping once two round
+    medians agree within ``agree``; the reported figure is the lowest round median, the machine's
+    undisturbed speed, which is how the table's rows were measured too. Every round is reported.
     """
     import torch
 
@@ -295,11 +307,18 @@ def verify(
         raise UsageError(f"--verify: {table.path} is a GPU table; pass --device cuda:N to measure on that GPU")
     dtype = getattr(torch, meta.get("dtype", "float32"))
     threads = int(meta.get("settings", {}).get("threads") or torch.get_num_threads())
+    measured_rounds = []
     with timing.measurement_threads(device, threads):
         runtime = get_runtime(meta["runtime"]["name"], device, dtype)
         context = Context(runtime, device, dtype, seed=0)
         model = runtime.prepare_model(subnet.to(device=device, dtype=dtype).eval())
-        stats = timing.measure(*model_program(model, point, context), clock=timing.clock_for(device), repeats=repeats)
+        program = model_program(model, point, context)
+        for _ in range(rounds):
+            measured_rounds.append(timing.measure(*program, clock=timing.clock_for(device), repeats=repeats))
+            medians = sorted(r.median_us for r in measured_rounds)
+            if len(medians) > 1 and medians[1] <= medians[0] * (1 + agree):
+                break
+    stats = min(measured_rounds, key=lambda r: r.median_us)
     measured = stats.median_us / 1000.0
     return {
         "measured_ms": round(measured, 4),
@@ -308,6 +327,7 @@ def verify(
         "p10_ms": round(stats.p10_us / 1000.0, 4),
         "p90_ms": round(stats.p90_us / 1000.0, 4),
         "repeats": repeats,
+        "round_medians_ms": [round(r.median_us / 1000.0, 4) for r in measured_rounds],
     }
 
 

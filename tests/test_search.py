@@ -9,7 +9,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.cache import QualityCache
 from amoebasearch.search.storage import open_storage
-from amoebasearch.search.study import Candidate, pareto_front, search
+from amoebasearch.search.study import Candidate, boundary_neighbours, pareto_front, search
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
 DIMS = ModelDims(num_layers=12, num_heads=6, num_kv_heads=2, ffn=512, hidden=128, head_dim=32)
@@ -120,3 +120,17 @@ def test_two_worker_processes_share_one_study(tmp_path):
     numbers = [t.number for t in study.trials]
     assert len(study.trials) == 30 and sorted(numbers) == list(range(30))  # none lost, none duplicated
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+def test_boundary_neighbours_are_the_deepest_feasible_shapes_at_nearby_widths():
+    space = ShapeSpace(DIMS, ffn_step=64)
+    latency = {s: fake_latency(s) for s in space}
+    centre = space.shape(6, 4, 256)
+    neighbours = boundary_neighbours(space, latency, 8.0, centre)
+    assert neighbours and all(latency[s] <= 8.0 for s in neighbours)
+    for shape in neighbours:
+        deeper = shape.depth + 1
+        assert deeper not in space.depths or latency[space.shape(deeper, shape.heads, shape.ffn)] > 8.0
+        h = abs(space.head_options.index(shape.heads) - space.head_options.index(centre.heads))
+        f = abs(space.ffn_options.index(shape.ffn) - space.ffn_options.index(centre.ffn))
+        assert h <= 1 and f <= 2 and (h, f) != (0, 0)

@@ -18,6 +18,7 @@ from amoebasearch.search.cache import QualityCache, shape_key
 from amoebasearch.shape import Shape, ShapeSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "brute", "random")
+REFINING_SAMPLERS = ("tpe", "nsga2", "gp")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,24 @@ def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: fl
     return seeds
 
 
+def boundary_neighbours(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float, shape: Shape) -> list[Shape]:
+    """Shapes one head step and/or up to two FFN steps away from ``shape``, each at the deepest
+    depth that fits the budget: the budget boundary around ``shape``, nearest widths first.
+    """
+    heads, ffn = space.head_options, space.ffn_options
+    h0, f0 = heads.index(shape.heads), ffn.index(shape.ffn)
+    steps = sorted(((dh, df) for dh in (-1, 0, 1) for df in (-2, -1, 0, 1, 2)), key=lambda s: abs(s[0]) + abs(s[1]))
+    out = []
+    for dh, df in steps:
+        h, f = h0 + dh, f0 + df
+        if (dh, df) == (0, 0) or not (0 <= h < len(heads) and 0 <= f < len(ffn)):
+            continue
+        feasible = [d for d in space.depths if latency[space.shape(d, heads[h], ffn[f])] <= budget_ms]
+        if feasible:
+            out.append(space.shape(max(feasible), heads[h], ffn[f]))
+    return out
+
+
 def search(
     space: ShapeSpace,
     predict_ms: Callable[[Shape], float],
@@ -127,18 +146,41 @@ def search(
         quality = cache.quality(shape, evaluate)
         return (quality, predicted) if multi_objective else quality
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=trials, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+    def evaluated() -> list[Candidate]:
+        cache.refresh()
+        return [
+            Candidate(shape, latency[shape], q)
+            for shape in latency
+            if latency[shape] <= budget_ms and (q := cache.get(shape)) is not None
+        ]
 
-    cache.refresh()
-    evaluated = [
-        Candidate(shape, latency[shape], q)
-        for shape in latency
-        if latency[shape] <= budget_ms and (q := cache.get(shape)) is not None
-    ]
-    front = pareto_front(evaluated, higher_is_better)
-    sign = -1.0 if higher_is_better else 1.0
-    best = min(evaluated, key=lambda c: (sign * c.quality, c.latency_ms)) if evaluated else None
+    def best_of(candidates: list[Candidate]) -> Candidate | None:
+        sign = -1.0 if higher_is_better else 1.0
+        return min(candidates, key=lambda c: (sign * c.quality, c.latency_ms)) if candidates else None
+
+    def run(n: int) -> None:
+        study.optimize(objective, n_trials=n, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Model-guided samplers keep a share of the trials for a local search along the budget
+    # boundary around the best shape found: cheap insurance against a sampler that settles on a
+    # good region but not its best point (random search stays pure random, as a baseline).
+    reserve = min(trials // 4, 24) if not multi_objective and sampler in REFINING_SAMPLERS else 0
+    run(trials - reserve)
+    while reserve > 0 and (incumbent := best_of(evaluated())) is not None:
+        todo = [s for s in boundary_neighbours(space, latency, budget_ms, incumbent.shape) if cache.get(s) is None]
+        if not todo:
+            break
+        for shape in todo[:reserve]:
+            study.enqueue_trial({"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn})
+        run(min(len(todo), reserve))
+        reserve -= min(len(todo), reserve)
+    if reserve:  # the boundary around the best shape is explored: give the rest back to the sampler
+        run(reserve)
+
+    candidates = evaluated()
+    front = pareto_front(candidates, higher_is_better)
+    best = best_of(candidates)
     fastest_quality = cache.get(fastest_shape)
     fastest = Candidate(
         fastest_shape, latency[fastest_shape], float("nan") if fastest_quality is None else fastest_quality

@@ -22,7 +22,7 @@ import pandas as pd
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.blocks import Point, width_options
-from amoebasearch.profile.table import COLUMNS, FORMAT, LatencyTable, load_table, table_name
+from amoebasearch.profile.table import COLUMNS, FORMAT, LatencyTable, load_table, table_name, table_row
 from amoebasearch.shape import ModelDims
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -251,22 +251,7 @@ def estimate_table(
     rows = []
 
     def add(block, heads, ffn, point, us):
-        rows.append(
-            {
-                "block": block,
-                "heads": heads,
-                "ffn": ffn,
-                "phase": point.phase,
-                "batch": point.batch,
-                "context": point.context,
-                "median_us": round(us, 3),
-                "p10_us": round(us, 3),
-                "p90_us": round(us, 3),
-                "repeats": 0,
-                "noisy": False,
-                "source": "estimated",
-            }
-        )
+        rows.append(table_row(block, heads, ffn, point, us, us, us, repeats=0, noisy=False, source="estimated"))
 
     for point in points:
         add("embedding", 0, 0, point, roofline_us(embedding_cost(dims, point, size), spec, dtype, eff))

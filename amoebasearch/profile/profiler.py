@@ -20,7 +20,7 @@ from amoebasearch.models import model_signature
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
-from amoebasearch.profile.table import LatencyTable
+from amoebasearch.profile.table import LatencyTable, table_row
 from amoebasearch.shape import ModelDims
 
 
@@ -29,20 +29,18 @@ def grid(phases: Iterable[str], batches: Iterable[int], contexts: Iterable[int])
 
 
 def _row(block: str, heads: int, ffn: int, point: Point, stats: timing.Stats, scale: float = 1.0) -> dict[str, Any]:
-    return {
-        "block": block,
-        "heads": heads,
-        "ffn": ffn,
-        "phase": point.phase,
-        "batch": point.batch,
-        "context": point.context,
-        "median_us": round(stats.median_us / scale, 3),
-        "p10_us": round(stats.p10_us / scale, 3),
-        "p90_us": round(stats.p90_us / scale, 3),
-        "repeats": stats.repeats,
-        "noisy": bool(stats.noisy),
-        "source": "measured",
-    }
+    return table_row(
+        block,
+        heads,
+        ffn,
+        point,
+        stats.median_us / scale,
+        stats.p10_us / scale,
+        stats.p90_us / scale,
+        stats.repeats,
+        stats.noisy,
+        "measured",
+    )
 
 
 def check_layer_independence(model: nn.Module, ctx: Context, point: Point, settings: dict) -> dict[str, Any]:

@@ -52,6 +52,35 @@ def validation_path(csv_path: Path) -> Path:
     return csv_path.with_suffix(".validation.csv")
 
 
+def table_row(
+    block: str,
+    heads: int,
+    ffn: int,
+    point: Any,
+    median_us: float,
+    p10_us: float,
+    p90_us: float,
+    repeats: int,
+    noisy: bool,
+    source: str,
+) -> dict[str, Any]:
+    """One row in the table's layout (``point`` has phase, batch, context); times rounded to ns."""
+    return {
+        "block": block,
+        "heads": heads,
+        "ffn": ffn,
+        "phase": point.phase,
+        "batch": point.batch,
+        "context": point.context,
+        "median_us": round(median_us, 3),
+        "p10_us": round(p10_us, 3),
+        "p90_us": round(p90_us, 3),
+        "repeats": repeats,
+        "noisy": bool(noisy),
+        "source": source,
+    }
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     return tuple(row[k] for k in KEY)
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # headless machines fall back to Agg; notebooks
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from amoebasearch import atomic
 from amoebasearch.shape import Shape, ShapeSpace
 
 
@@ -105,8 +106,6 @@ def plot_latency_table(predict_ms: dict[str, Callable[[Shape], float]], space: S
 
 def save_png(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write ``figure`` as a PNG atomically (an interrupted run never leaves half an image), then free it."""
-    from amoebasearch import atomic
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)

@@ -82,8 +82,8 @@ def main() -> None:
         "--validate", "8", "--calibrate", "4", "--out", str(PROFILES), "--resume",
     )  # fmt: skip
 
-    space = table_space(load_table(table))
-    full_ms = point_model(load_table(table), "decode", 1, 128).predict(space.largest()) / 1000.0
+    measured = load_table(table)
+    full_ms = point_model(measured, "decode", 1, 128).predict(table_space(measured).largest()) / 1000.0
     budget = round(0.75 * full_ms, 1)
     print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms (75 %)")
     common = ["--plan", str(PLAN), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]

@@ -46,7 +46,6 @@ def add_point_arguments(parser: argparse.ArgumentParser, phase: bool) -> None:
 
 def run_fronts(args: argparse.Namespace) -> int:
     from amoebasearch import atomic, fronts
-    from amoebasearch.errors import UsageError
     from amoebasearch.plots import plot_fronts, save_png
     from amoebasearch.profile.table import load_table
 
@@ -62,18 +61,12 @@ def run_fronts(args: argparse.Namespace) -> int:
     where = f"{args.phase}, batch {args.batch}, context {args.context}"
     by_device = fronts.device_fronts(frame, tables, *point)
     by_selection = fronts.selection_fronts(frame, reference, *point)
-    if not any(curve.latency_ms for curve in by_device):
-        raise UsageError(f"{args.qualities} holds no shape these tables can price: check the model and widths")
     out = Path(args.out)
     stem = f"{args.phase}-b{args.batch}-c{args.context}"
     written = []
     for name, curves, title in (
-        (f"fronts-by-device-{stem}", by_device, f"{frame['model'].iloc[0]}: Pareto fronts per device ({where})"),
-        (
-            f"fronts-by-selection-{stem}",
-            by_selection,
-            f"{frame['model'].iloc[0]} on {fronts.table_label(reference)} ({where})",
-        ),
+        (f"fronts-by-device-{stem}", by_device, f"{model}: Pareto fronts per device ({where})"),
+        (f"fronts-by-selection-{stem}", by_selection, f"{model} on {fronts.table_label(reference)} ({where})"),
     ):
         figure = plot_fronts(curves, quality_label=label, title=title)
         written.append(save_png(figure, out / f"{name}.png"))

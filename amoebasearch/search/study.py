@@ -63,6 +63,11 @@ def pareto_front(candidates: list[Candidate], higher_is_better: bool = False) ->
     return front
 
 
+def trial_params(shape: Shape) -> dict[str, int]:
+    """The Optuna parameters that make the objective propose ``shape``."""
+    return {"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn}
+
+
 def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float) -> list[Shape]:
     """The deepest feasible shape for a few widths: where the best subnet usually is."""
     ffn = space.ffn_options
@@ -129,7 +134,7 @@ def search(
     )
     if not study.trials and sampler != "brute":
         for shape in boundary_seeds(space, latency, budget_ms):
-            study.enqueue_trial({"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn}, skip_if_exists=True)
+            study.enqueue_trial(trial_params(shape), skip_if_exists=True)
     evaluations_before = cache.evaluations
 
     def objective(trial: optuna.Trial):
@@ -172,7 +177,7 @@ def search(
         if not todo:
             break
         for shape in todo[:reserve]:
-            study.enqueue_trial({"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn})
+            study.enqueue_trial(trial_params(shape))
         run(min(len(todo), reserve))
         reserve -= min(len(todo), reserve)
     if reserve:  # the boundary around the best shape is explored: give the rest back to the sampler

@@ -189,6 +189,19 @@ def source_signature(request: FindRequest, signature: str, plan: Plan) -> str:
     return digest.hexdigest()[:16]
 
 
+def storage_url(request: FindRequest) -> str | Path:
+    """``--storage`` if given, else the journal file in the run directory."""
+    return request.storage or request.out / "study.journal"
+
+
+def open_quality_cache(
+    request: FindRequest, signature: str, plan: Plan, eval_settings: dict[str, Any]
+) -> tuple[Any, QualityCache]:
+    """The request's Optuna storage and the quality cache of its source and evaluation settings."""
+    storage = open_storage(storage_url(request))
+    return storage, QualityCache(storage, cache_study_name(source_signature(request, signature, plan), eval_settings))
+
+
 def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
     if request.table:
         return load_table(request.table, signature, name)
@@ -222,8 +235,7 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         ModelDims.from_config(config), plan.ordering, ffn_step=table.meta["settings"].get("ffn_step", 64)
     )
     quality = QualitySource(request, plan)
-    storage = open_storage(request.storage or request.out / "study.journal")
-    cache = QualityCache(storage, cache_study_name(source_signature(request, signature, plan), quality.eval_settings))
+    storage, cache = open_quality_cache(request, signature, plan, quality.eval_settings)
     study_name = request.study or (
         f"find-{Path(table.path).stem if table.path else 'table'}-{request.phase}-b{request.batch}-c{request.context}"
         f"-{request.budget_ms:g}ms-{request.metric}-{request.sampler}-s{request.seed}"
@@ -257,7 +269,7 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         "evaluations": result.evaluations,
         "cached_shapes": len(cache),
         "study": study_name,
-        "storage": str(request.storage or request.out / "study.journal"),
+        "storage": str(storage_url(request)),
     }
     if request.export:
         report["export"] = str(quality.export(result.best.shape, request.export))
@@ -340,8 +352,7 @@ def known_qualities(request: FindRequest) -> Any:
 
     name, signature, _, plan = _model_identity(request)
     settings = QualitySource(request, plan).eval_settings
-    storage = open_storage(request.storage or request.out / "study.journal")
-    cache = QualityCache(storage, cache_study_name(source_signature(request, signature, plan), settings))
+    _, cache = open_quality_cache(request, signature, plan, settings)
     selection = f"{plan.depth_method}+{plan.width_method}" + ("+smol" if request.supernet else "")
     records = [(shape_from_key(key), quality) for key, quality in cache.items()]
     return qualities_frame(records, selection, settings["metric"], name, signature)

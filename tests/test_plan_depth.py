@@ -205,7 +205,7 @@ def test_resume_from_a_checkpointed_row_gives_the_same_table(tiny_eval):
 def test_kl_metric_is_zero_for_the_full_model(tiny_eval):
     model, chunks, _ = tiny_eval
     runner = LayerRunner(model, chunks, batch_size=2)
-    evaluator = ModelEvaluator(runner, KLToFull(runner.full_logits))
+    evaluator = ModelEvaluator(runner, KLToFull(runner.full_logits, model.lm_head))
     assert evaluator.evaluate(frozenset()) == pytest.approx(0.0, abs=1e-3)
     assert evaluator.evaluate(frozenset({2})) > 1e-3
     selection = select_depth(model, chunks, "dp", "kl", max_remove=2)
@@ -231,3 +231,32 @@ def test_max_remove_bounds():
     assert check_max_remove(30, None) == 15
     with pytest.raises(UsageError, match="keep one layer"):
         check_max_remove(4, 4)
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_metrics_match_their_textbook_definitions(tiny_eval, head_bias):
+    """KL from projected reference probabilities equals sum p (log p - log q) on full log-softmaxes;
+    perplexity from logsumexp - target logit equals cross-entropy (with and without an LM-head bias)."""
+    model, chunks, _ = tiny_eval
+    if head_bias:
+        torch.manual_seed(3)
+        model.lm_head.bias = torch.nn.Parameter(torch.randn(model.lm_head.out_features))
+    try:
+        runner = LayerRunner(model, chunks, batch_size=2)
+        full = torch.cat([logits for logits, _ in runner.full_logits()])
+        kl = KLToFull(runner.full_logits, model.lm_head)
+        ppl = Perplexity(chunks)
+        state = runner.prefix_state([0, 2])  # a subnet without layer 1
+        hidden = runner.run_layers(state, range(3, runner.num_layers))
+        features, logits = runner.head(hidden)
+        index = torch.arange(len(chunks))
+        logp = torch.log_softmax(full[:, :-1].double(), -1)
+        logq = torch.log_softmax(logits[:, :-1].double(), -1)
+        expected_kl = (logp.exp() * (logp - logq)).sum(dim=(1, 2))
+        expected_nll = -logq.gather(-1, chunks[:, 1:].unsqueeze(-1)).squeeze(-1).sum(1)
+        assert kl.row_losses(logits, index, features).double() == pytest.approx(expected_kl, rel=1e-3, abs=1e-3)
+        assert ppl.row_losses(logits, index).double() == pytest.approx(expected_nll, rel=1e-5)
+        with pytest.raises(ValueError, match="features"):
+            kl.row_losses(logits, index)
+    finally:
+        model.lm_head.bias = None

@@ -90,9 +90,14 @@ class LayerRunner:
         return torch.cat([self.run_layers(state[rows], kept) for rows in self._batches(len(state))])
 
     @torch.no_grad()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final-normed hidden states, logits): the features the LM head reads and what it outputs."""
         self.head_runs += hidden.shape[0]
-        return self.model.lm_head(self.model.model.norm(hidden))
+        features = self.model.model.norm(hidden)
+        return features, self.model.lm_head(features)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)[1]
 
     @torch.no_grad()
     def score(self, states: list[torch.Tensor], start: int, metric: Metric) -> list[float]:
@@ -110,7 +115,8 @@ class LayerRunner:
         totals = torch.zeros(len(states), dtype=torch.float64)
         for rows in self._batches(len(stacked)):
             hidden = self.run_layers(stacked[rows], range(start, self.num_layers))
-            losses = metric.row_losses(self.logits(hidden), chunk_index[rows])
+            features, logits = self.head(hidden)
+            losses = metric.row_losses(logits, chunk_index[rows], features)
             totals.index_add_(0, owner[rows], losses.double())
         denominator = count * metric.tokens_per_row()
         return [metric.finish(float(total) / denominator) for total in totals]

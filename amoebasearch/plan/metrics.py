@@ -6,7 +6,9 @@ continue with, so a small calibration set ranks removals more like unseen text d
 (benchmarks/depth_metric_diagnosis.py). Perplexity is what the Shortened-LLaMA baseline uses.
 
 A metric scores logits row by row, so the layer runner can batch several candidate subnets in
-one pass and still credit each row to its candidate.
+one pass and still credit each row to its candidate. Both metrics need each position's
+``logsumexp`` over the vocabulary; it is taken over the whole contiguous logits tensor and then
+sliced, because slicing first makes torch copy the (hundreds of MB) logits before reducing.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ import torch.nn.functional as F
 class Metric(Protocol):
     name: str
 
-    def row_losses(self, logits: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
-        """Per-row summed loss over the row's scored tokens; logits [b, S, V], chunk_index [b]."""
+    def row_losses(
+        self, logits: torch.Tensor, chunk_index: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-row summed loss over the row's scored tokens; logits [b, S, V], chunk_index [b].
+
+        ``features`` [b, S, d] are the final-normed hidden states the (bias-free) LM head maps to
+        ``logits``, where the caller has them; `KLToFull` needs them.
+        """
 
     def tokens_per_row(self) -> int: ...
 
@@ -39,10 +47,13 @@ class Perplexity:
     def __init__(self, chunks: torch.Tensor) -> None:
         self.targets = chunks[:, 1:]
 
-    def row_losses(self, logits: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
-        targets = self.targets[chunk_index]
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-        return nll.view(targets.shape).sum(dim=1)
+    def row_losses(
+        self, logits: torch.Tensor, chunk_index: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits = logits.float()
+        targets = self.targets[chunk_index].unsqueeze(-1)
+        nll = next_token_logsumexp(logits) - logits[:, :-1].gather(-1, targets).squeeze(-1)
+        return nll.sum(dim=1)
 
     def tokens_per_row(self) -> int:
         return self.targets.shape[1]
@@ -54,37 +65,58 @@ class Perplexity:
 class KLToFull:
     """Mean per-token KL(full model || subnet), in nats.
 
-    The full model's next-token probabilities ``p`` are computed once and kept in float16
-    ([chunks, seq-1, vocab]: 200 MB for 2K tokens of a 49K vocabulary), with each row's
-    ``sum p log p``. A subnet with logits ``z`` then costs one pass over the vocabulary:
-    KL = sum p log p - (sum p z - logsumexp(z) sum p), with no log-softmax of the subnet.
+    With ``p`` the full model's next-token probabilities and ``z = W h`` a subnet's logits (``W``
+    the bias-free LM head, ``h`` its final-normed hidden state), per position
+    ``KL = sum p log p - sum p z + logsumexp(z) sum p`` and ``sum p z = (W^T p) . h (+ p . b with a
+    head bias)``. So the
+    reference pass keeps, per position, only ``sum p log p``, ``sum p`` and ``u = W^T p`` (a
+    hidden-size vector: 9 MB for 4K tokens instead of 400 MB of probabilities), and a subnet then
+    costs its logsumexp plus one dot product per position: no pass of ``p`` over the vocabulary.
     """
 
     name = "kl"
 
-    def __init__(self, reference_logits: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        probs, neg_entropy = {}, {}
+    def __init__(
+        self, reference_logits: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], head: torch.nn.Linear
+    ) -> None:
+        projected, mass, neg_entropy = {}, {}, {}
+        weight = head.weight.detach().float()
+        bias = None if head.bias is None else head.bias.detach().float()
         for logits, chunk_index in reference_logits():
             logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-            p = logp.exp().to(torch.float16)
-            # sum p log p with the stored (rounded) p, so that KL(full || full) is 0 up to float error
-            rows = (p.float() * logp).sum(dim=(1, 2), dtype=torch.float64)
+            p = logp.exp()
+            rows_u = p @ weight  # [b, S-1, d]
+            rows_mass = p.sum(-1, dtype=torch.float64)
+            rows_neg_entropy = (p * logp).sum(dim=(1, 2), dtype=torch.float64)
+            if bias is not None:  # the bias part of sum p z does not depend on the subnet
+                rows_neg_entropy = rows_neg_entropy - (p @ bias).sum(-1, dtype=torch.float64)
             for row, index in enumerate(chunk_index.tolist()):
-                probs[index], neg_entropy[index] = p[row], rows[row]
-        self.probs = torch.stack([probs[i] for i in range(len(probs))])
-        self.neg_entropy = torch.stack([neg_entropy[i] for i in range(len(probs))])
+                projected[index], mass[index], neg_entropy[index] = rows_u[row], rows_mass[row], rows_neg_entropy[row]
+        order = range(len(projected))
+        self.projected = torch.stack([projected[i] for i in order])
+        self.mass = torch.stack([mass[i] for i in order])
+        self.neg_entropy = torch.stack([neg_entropy[i] for i in order])
 
-    def row_losses(self, logits: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
-        z = logits[:, :-1].float()
-        p = self.probs[chunk_index].float()
-        cross = (p * z).sum(-1) - torch.logsumexp(z, dim=-1) * p.sum(-1)  # sum p log q, per token
-        return (self.neg_entropy[chunk_index] - cross.sum(-1, dtype=torch.float64)).float()
+    def row_losses(
+        self, logits: torch.Tensor, chunk_index: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if features is None:
+            raise ValueError("KLToFull needs the final-normed hidden states the logits came from (features=)")
+        cross_pz = (self.projected[chunk_index] * features[:, :-1].float()).sum(-1, dtype=torch.float64)
+        lse = next_token_logsumexp(logits.float()).double()
+        cross = cross_pz - lse * self.mass[chunk_index]  # sum p log q, per position
+        return (self.neg_entropy[chunk_index] - cross.sum(-1)).float()
 
     def tokens_per_row(self) -> int:
-        return self.probs.shape[1]
+        return self.projected.shape[1]
 
     def finish(self, mean_loss: float) -> float:
         return mean_loss
+
+
+def next_token_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the vocabulary at every position that predicts a next token: [b, S-1]."""
+    return torch.logsumexp(logits, dim=-1)[:, :-1]
 
 
 METRICS = ("kl", "perplexity")

@@ -51,7 +51,7 @@ def make_metric(name: str, runner: LayerRunner) -> Metric:
     if name == "perplexity":
         return Perplexity(runner.chunks)
     if name == "kl":
-        return KLToFull(runner.full_logits)
+        return KLToFull(runner.full_logits, runner.model.lm_head)
     raise UsageError(f"unknown metric {name!r}: choose kl or perplexity")
 
 

@@ -166,3 +166,14 @@ def test_accuracy_data_must_be_jsonl(setup, tmp_path, capsys):
     capsys.readouterr()
     assert main(find_args(setup, tmp_path, "--budget", "3ms", "--metric", "accuracy")) == 2
     assert "is not a .jsonl file" in capsys.readouterr().err
+
+
+def test_perplexity_cache_key_follows_the_data_file_contents(tmp_path):
+    from amoebasearch.search.find import content_digest
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(PROSE)
+    before = content_digest(str(corpus))
+    corpus.write_text(PROSE + " An edited ending.")
+    assert before and content_digest(str(corpus)) != before  # same path, new text: a new cache
+    assert content_digest("kjv") == {}  # the embedded corpus is keyed by name

@@ -61,6 +61,16 @@ class FindRequest:
     progress: bool = True
 
 
+def content_digest(data: str) -> dict[str, str]:
+    """``{"data_sha256": ...}`` of a text file, so editing the file in place starts a new quality
+    cache instead of serving perplexities measured on the old text; {} for the embedded corpus."""
+    path = Path(data)
+    if not path.is_file():
+        return {}
+    with path.open("rb") as handle:
+        return {"data_sha256": hashlib.file_digest(handle, "sha256").hexdigest()[:16]}
+
+
 class QualitySource:
     """The supernet (or plan-only base model) and its evaluation data, loaded on first use.
 
@@ -99,7 +109,7 @@ class QualitySource:
             "seed": calib.get("seed", 0),
         }
         if self.request.metric == "ppl":
-            return {**settings, "eval_tokens": self.request.eval_tokens}
+            return {**settings, "eval_tokens": self.request.eval_tokens, **content_digest(settings["data"])}
         if self.request.data:  # the items themselves, so an edited file is a new task
             digest = hashlib.sha256(repr(self._items).encode()).hexdigest()[:16]
             return {**settings, "data": self.request.data, "items": digest}

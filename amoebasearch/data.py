@@ -176,7 +176,10 @@ def read_instructions(
     for i, record in enumerate(records):
         if not _is_alpaca(record):
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise UsageError(f"{path} record {i} has keys {keys}: Alpaca records need 'instruction' and 'output'")
+            raise UsageError(
+                f"{path} record {i} has keys {keys}: an Alpaca record needs keys 'instruction' and 'output' "
+                "(and optional 'input')"
+            )
     if not records:
         raise UsageError(f"instruction data {path} holds no records")
     return [alpaca_example(record, template, template_no_input) for record in records]

@@ -97,7 +97,7 @@ def test_alpaca_instructions_mask_the_prompt(tmp_path):
     assert labels[:prompt_len] == [IGNORE_INDEX] * prompt_len and labels[-1] == tokenizer.eos_token_id
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"question": "q", "output": "a"}]))
-    with pytest.raises(UsageError, match="need 'instruction' and 'output'"):
+    with pytest.raises(UsageError, match="needs keys 'instruction' and 'output'"):
         read_instructions(bad)
 
 

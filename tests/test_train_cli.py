@@ -34,11 +34,11 @@ def add_word_tokenizer(path, texts):
 
 @pytest.fixture
 def setup(tmp_path, tiny_checkpoint):
-    from amoebasearch.train.instruct import PROMPT_WITH_INPUT
+    from amoebasearch.data import ALPACA_TEMPLATE
 
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(RECORDS))
-    add_word_tokenizer(tiny_checkpoint, [PROMPT_WITH_INPUT] + [v for r in RECORDS for v in r.values()])
+    add_word_tokenizer(tiny_checkpoint, [ALPACA_TEMPLATE] + [v for r in RECORDS for v in r.values()])
     return tiny_checkpoint, data, tmp_path
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from amoebasearch.data import IGNORE_INDEX
 from amoebasearch.errors import UsageError
 from amoebasearch.shape import ModelDims, ShapeSpace
 from amoebasearch.train.distill import (
-    IGNORE,
     balance,
     distillation_loss,
     ground_truth_loss,
@@ -46,7 +46,7 @@ def test_balance_hand_computed_pair_of_subnets():
 def test_subnet_losses_switches():
     torch.manual_seed(0)
     labels = torch.randint(0, 11, (2, 6))
-    labels[:, :2] = IGNORE
+    labels[:, :2] = IGNORE_INDEX
     teacher = torch.randn(2, 6, 11)
     student = torch.randn(2, 6, 11)
     reference = ground_truth_loss(teacher, labels)
@@ -79,7 +79,7 @@ def test_distillation_is_zero_for_identical_logits_and_matches_kl():
 def test_ground_truth_ignores_prompt_tokens():
     torch.manual_seed(2)
     logits = torch.randn(1, 6, 9)
-    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 4, 5, 6]])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4, 5, 6]])
     changed = logits.clone()
     changed[0, :2] += 10 * torch.randn(2, 9)  # positions 0,1 predict prompt tokens 1,2: no loss there
     assert torch.allclose(ground_truth_loss(logits, labels), ground_truth_loss(changed, labels))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from plan_helpers import char_tokenizer
 
+from amoebasearch.data import IGNORE_INDEX, InstructionExample
 from amoebasearch.errors import UsageError
-from amoebasearch.train.distill import IGNORE
 from amoebasearch.train.instruct import (
-    Example,
     collate,
     iter_json_list,
     read_examples,
@@ -19,38 +19,31 @@ from amoebasearch.train.instruct import (
 )
 
 
-class CharTokenizer:
-    """One id per character (ids 1..), EOS = 0: enough to check where labels start."""
-
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [1 + ord(ch) % 90 for ch in text]}
-
-
 def test_labels_cover_only_the_response_and_eos():
-    [item] = tokenise_examples([Example("Q: hi\n", "yes")], CharTokenizer(), seq_len=64)
-    assert item.labels[:6] == (IGNORE,) * 6
-    assert item.labels[6:] == item.input_ids[6:] and item.input_ids[-1] == 0  # 'yes' + EOS
+    [item] = tokenise_examples([InstructionExample("Q: hi\n", "yes")], char_tokenizer(), seq_len=64)
+    assert item.labels[:6] == (IGNORE_INDEX,) * 6
+    assert item.labels[6:] == item.input_ids[6:] and item.input_ids[-1] == char_tokenizer().eos_token_id  # 'yes' + EOS
 
 
 def test_examples_whose_prompt_fills_the_window_are_dropped():
-    tokenised = tokenise_examples([Example("x" * 30, "answer"), Example("q", "answer")], CharTokenizer(), seq_len=32)
+    tokenised = tokenise_examples(
+        [InstructionExample("x" * 30, "answer"), InstructionExample("q", "answer")], char_tokenizer(), seq_len=32
+    )
     assert len(tokenised) == 1
 
 
 def test_plain_text_chunks_label_every_token():
-    chunks = tokenise_text("abcdefghij", CharTokenizer(), seq_len=4)
+    chunks = tokenise_text("abcdefghij", char_tokenizer(), seq_len=4)
     assert len(chunks) == 2 and all(c.labels == c.input_ids for c in chunks)
 
 
 def test_collate_pads_without_loss():
     batch = collate(
-        tokenise_text("abcdefgh", CharTokenizer(), 4)[:1] + tokenise_text("ab", CharTokenizer(), 2), pad_id=0
+        tokenise_text("abcdefgh", char_tokenizer(), 4)[:1] + tokenise_text("ab", char_tokenizer(), 2), pad_id=0
     )
     assert batch["input_ids"].shape == (2, 4)
     assert batch["attention_mask"][1].tolist() == [1, 1, 0, 0]
-    assert batch["labels"][1, 2:].tolist() == [IGNORE, IGNORE]
+    assert batch["labels"][1, 2:].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
 
 
 def test_alpaca_json_and_jsonl(tmp_path):

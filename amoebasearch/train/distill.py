@@ -9,10 +9,9 @@ import random
 import torch
 import torch.nn.functional as F
 
+from amoebasearch.data import IGNORE_INDEX
 from amoebasearch.errors import UsageError
 from amoebasearch.shape import Shape, ShapeSpace
-
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding), as in Hugging Face
 
 
 def sandwich(space: ShapeSpace, rng: random.Random, k: int) -> list[Shape]:
@@ -33,7 +32,7 @@ def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 def ground_truth_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy over labelled tokens (response tokens for instruction data)."""
     logits, labels = _shifted(logits, labels)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,7 +42,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     """
     student, targets = _shifted(student, labels)
     teacher = teacher[:, :-1, :]
-    mask = targets != IGNORE
+    mask = targets != IGNORE_INDEX
     log_p_student = F.log_softmax(student[mask].float(), dim=-1)
     log_p_teacher = F.log_softmax(teacher[mask].float(), dim=-1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")

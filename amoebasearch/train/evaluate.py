@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from amoebasearch.data import IGNORE_INDEX
 from amoebasearch.shape import Shape
-from amoebasearch.train.distill import IGNORE
 from amoebasearch.train.instruct import Tokenised, collate
 from amoebasearch.train.smol import SMoLModel
 
@@ -27,10 +27,10 @@ def perplexity(model: SMoLModel, shape: Shape, data: list[Tokenised], batch: int
             logits = model(shape, rows["input_ids"], rows["attention_mask"])[:, :-1].float()
             labels = rows["labels"][:, 1:]
             loss = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
             )
             total += float(loss)
-            count += int((labels != IGNORE).sum())
+            count += int((labels != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     return math.exp(total / max(count, 1))

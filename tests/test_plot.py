@@ -58,6 +58,10 @@ def test_plot_fronts_writes_pngs_and_point_tables(artefacts, tmp_path, capsys):
     by_selection = pd.read_csv(out / "fronts-by-selection-decode-b1-c128.csv")
     assert "last: depth only" in set(by_selection.curve)
     assert "(estimated)" in capsys.readouterr().out
+    again = tmp_path / "again"  # the measured table passed by --profile and found in --profiles: one front
+    assert main([*argv, "--profile", str(artefacts["measured"]), "--out", str(again)]) == 0
+    curves = pd.read_csv(again / "fronts-by-device-decode-b1-c128.csv")
+    assert len(curves) == len(by_device) and curves.curve.nunique() == 2
 
 
 def test_plot_table_writes_png(artefacts, tmp_path, capsys):

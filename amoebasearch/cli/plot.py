@@ -54,7 +54,13 @@ def run_fronts(args: argparse.Namespace) -> int:
     signature, model = str(frame["signature"].iloc[0]), str(frame["model"].iloc[0])
     tables = [load_table(path, signature, model) for path in args.profile or []]
     folders = args.profiles or ([] if args.profile else ["profiles"])
-    tables += [table for folder in folders for table in fronts.tables_for(frame, folder, *point)]
+    given = {Path(path).resolve() for path in args.profile or []}
+    tables += [
+        table
+        for folder in folders
+        for table in fronts.tables_for(frame, folder, *point)
+        if table.path is None or Path(table.path).resolve() not in given  # a table passed both ways: once
+    ]
     reference = load_table(args.reference, signature, model) if args.reference else tables[0]
     metric = str(frame["metric"].iloc[0])
     label = fronts.METRIC_LABELS[metric]

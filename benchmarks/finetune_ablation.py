@@ -2,8 +2,7 @@
 
 Held-out response-token perplexity on a fixed set of shapes spanning the shape space, before
 fine-tuning and after each of: the full method (SMoL + in-place distillation + loss-magnitude
-balancing, with the shared LoRA), --no-shared (the paper's SMoL: routed LoRAs only), --no-smol,
---no-balance, --no-distill, all with the same steps, data and seed.
+balancing), --no-smol, --no-balance, --no-distill, all with the same steps, data and seed.
 
     python benchmarks/finetune_ablation.py                  # CPU-sized: 12 steps, seq 64, batch 2, lr 1e-3
     python benchmarks/finetune_ablation.py --steps 2000 --seq-len 256 --batch 8 --rank 64 --lr 2e-4 --heldout 64
@@ -36,11 +35,10 @@ from amoebasearch.train.instruct import default_instruction_path, read_sharegpt,
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {
-    "full": dict(smol=True, shared=True, distill=True, balance=True),
-    "no-shared": dict(smol=True, shared=False, distill=True, balance=True),  # the paper's SMoL
-    "no-smol": dict(smol=False, shared=False, distill=True, balance=True),
-    "no-balance": dict(smol=True, shared=True, distill=True, balance=False),
-    "no-distill": dict(smol=True, shared=True, distill=False, balance=True),
+    "full": dict(smol=True, distill=True, balance=True),
+    "no-smol": dict(smol=False, distill=True, balance=True),
+    "no-balance": dict(smol=True, distill=True, balance=False),
+    "no-distill": dict(smol=True, distill=False, balance=True),
 }
 # (depth, heads, ffn) for SmolLM2-135M: largest, smallest and six shapes in between.
 SHAPES = [
@@ -112,16 +110,10 @@ def main() -> None:
         f"of <= {args.seq_len} tokens"
     )
 
-    def fresh(smol: bool, shared: bool = True) -> SMoLModel:
+    def fresh(smol: bool) -> SMoLModel:
         """A clean base model (SMoL wraps layers in place, so each variant reloads) with new adapters."""
         model = models.load(args.model).model.to(device)
-        config = SMoLConfig(
-            num_loras=5 if smol else 1,
-            top_k=2 if smol else 1,
-            rank=args.rank,
-            alpha=2.0 * args.rank,
-            shared=shared and smol,
-        )
+        config = SMoLConfig(num_loras=5 if smol else 1, top_k=2 if smol else 1, rank=args.rank, alpha=2.0 * args.rank)
         torch.manual_seed(args.seed)  # same LoRA init for every variant
         return SMoLModel(model, config, plan.ordering)
 
@@ -145,7 +137,7 @@ def main() -> None:
     del model
     for name in args.variants.split(","):
         spec = VARIANTS[name]
-        model = fresh(spec["smol"], spec["shared"])
+        model = fresh(spec["smol"])
         loop = TrainConfig(
             steps=args.steps,
             lr=args.lr,

@@ -77,7 +77,6 @@ def test_only_selected_loras_receive_gradients():
             continue  # a layer the shape skips
         norms = layer.lora_A.grad.flatten(1).norm(dim=1)
         assert {i for i in range(5) if norms[i] > 0} == chosen
-        assert norms[5] > 0  # the shared LoRA (slot 5) learns from every shape
     assert smol.gate.net[0].weight.grad is not None  # the gate learns through the mixture weights
     assert all(not p.requires_grad for n, p in smol.base.named_parameters() if "lora_" not in n)  # base frozen
 
@@ -135,19 +134,3 @@ def test_config_rejects_top_k_above_loras():
 
     with pytest.raises(UsageError, match="top-k"):
         SMoLConfig(num_loras=2, top_k=3)
-
-
-def test_shared_lora_serves_every_shape_and_old_adapters_load_without_it(tmp_path):
-    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=3, top_k=2, rank=4)))
-    _, layer = smol.smol_layers()[0]
-    assert layer.lora_A.shape[0] == 4  # 3 routed + 1 shared
-    with torch.no_grad():
-        layer.lora_B[:3].zero_()  # only the shared LoRA left: every shape must still see it
-    space = ShapeSpace(smol.dims, ffn_step=32)
-    for shape in (space.largest(), space.smallest()):
-        route = smol.route(shape)
-        assert 3 not in route.index.tolist()  # the gate routes among the routed LoRAs only
-        assert float(layer.delta(route).abs().sum()) > 0
-    plain = SMoLConfig.from_dict({k: v for k, v in smol.config.to_dict().items() if k != "shared"})
-    assert plain.shared is False and plain.stored_loras == 3  # an adapter saved before the shared LoRA
-    assert SMoLConfig(num_loras=1, top_k=1, shared=False).stored_loras == 1  # --no-smol: one plain LoRA

@@ -49,10 +49,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--ffn-step", type=positive_int, default=64, help="FFN width granularity (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order, shapes, noise (default 0)")
     parser.add_argument("--save-every", type=positive_int, default=100, help="checkpoint interval in steps")
-    parser.add_argument("--no-smol", action="store_true", help="ablation: one plain LoRA instead of the mixture")
-    parser.add_argument(
-        "--no-shared-lora", action="store_true", help="ablation: routed LoRAs only (the paper's SMoL), no shared one"
-    )
+    parser.add_argument("--no-smol", action="store_true", help="ablation: one shared LoRA instead of the mixture")
     parser.add_argument("--no-balance", action="store_true", help="ablation: no loss-magnitude balancing")
     parser.add_argument("--no-distill", action="store_true", help="ablation: every subnet learns ground truth")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -70,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
         dropout=args.dropout,
-        shared=not (args.no_smol or args.no_shared_lora),
     )
     loop = TrainConfig(
         steps=args.steps,

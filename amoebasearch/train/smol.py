@@ -5,11 +5,6 @@ Every attention and MLP projection gets T LoRA pairs (A_t: r×in, B_t: out×r). 
 different adapters and their gradients conflict less. The gate's only input is the shape, which is
 the same for every layer, so one gate serves the whole model and its choice is made once per forward.
 
-By default one more LoRA pair is *shared*: every shape uses it at weight 1, on top of its routed
-top-k (the "shared expert" of DeepSeekMoE). It learns what every shape needs (the instruction
-format, the domain), which the routed LoRAs would otherwise each relearn from a fraction of the
-steps; they are left the shape-specific corrections. `SMoLConfig.shared` turns it off.
-
 Inside ``elastic.use_shape`` a projection carries ``amoeba_slice = (rows, cols)``; `SMoLLinear`
 slices the base weight *and* its LoRAs with the same indices, which is what makes the merged
 export (``W + scale·Σ g_t B_t A_t``, then sliced) equal the elastic forward.
@@ -43,7 +38,7 @@ WEIGHTS_FILE = "smol.safetensors"
 
 @dataclass(frozen=True)
 class SMoLConfig:
-    """Adapter hyper-parameters. ``num_loras=1, top_k=1, shared=False`` is one plain LoRA (--no-smol)."""
+    """Adapter hyper-parameters. ``num_loras=1, top_k=1`` is a plain shared LoRA (the --no-smol ablation)."""
 
     num_loras: int = 5
     top_k: int = 2
@@ -53,7 +48,6 @@ class SMoLConfig:
     noise: float = 1.0  # scale of the learned gate noise during training (noisy top-k gating)
     balance_coef: float = 0.01  # weight of the load-balancing term
     roles: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-    shared: bool = True  # one more LoRA that every shape uses at weight 1 (see the module docstring)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", tuple(self.roles))
@@ -76,13 +70,7 @@ class SMoLConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SMoLConfig:
         known = {f.name for f in fields(cls)}
-        data = {"shared": False, **data}  # adapters saved before the shared LoRA existed had none
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    @property
-    def stored_loras(self) -> int:
-        """LoRA pairs per projection: the routed ones, then the shared one if any (last slot)."""
-        return self.num_loras + int(self.shared)
 
 
 def shape_encoding(shape: Shape, dims: ModelDims) -> torch.Tensor:
@@ -143,8 +131,7 @@ def load_balancing_loss(probabilities: torch.Tensor, chosen: torch.Tensor, num_l
 
 class SMoLLinear(nn.Linear):
     """An nn.Linear (same ``weight``/``bias``, so base state-dict keys and export are unchanged)
-    plus T LoRA pairs stacked as ``lora_A`` (T, r, in) and ``lora_B`` (T, out, r), and with
-    ``config.shared`` one more pair in slot T that every route includes at weight 1.
+    plus T LoRA pairs stacked as ``lora_A`` (T, r, in) and ``lora_B`` (T, out, r).
 
     The forward reads ``amoeba_slice`` (set by ``use_shape``) and the shared `Route`; B starts at
     zero, so a fresh adapter leaves the model's outputs unchanged.
@@ -154,8 +141,7 @@ class SMoLLinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        t, r = config.stored_loras, config.rank
-        self.shared_slot = config.num_loras if config.shared else None
+        t, r = config.num_loras, config.rank
         device, dtype = base.weight.device, base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(t, r, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(t, self.out_features, r, device=device, dtype=dtype))
@@ -165,16 +151,8 @@ class SMoLLinear(nn.Linear):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.route_holder = state
 
-    def active(self, route: Route) -> Route:
-        """The gate's route plus the shared LoRA (weight 1), when there is one."""
-        if self.shared_slot is None:
-            return route
-        index = torch.cat([route.index, route.index.new_tensor([self.shared_slot])])
-        return Route(index=index, weight=torch.cat([route.weight, route.weight.new_ones(1)]))
-
     def delta(self, route: Route, out_index: torch.Tensor | None = None, in_index: torch.Tensor | None = None):
         """scale·Σ_j w_j B_j A_j restricted to the given rows/columns (the weight a merge adds)."""
-        route = self.active(route)
         a, b = self._sliced_loras(route, out_index, in_index)
         return self.scale * torch.einsum("k,kor,kri->oi", route.weight.to(a.dtype), b, a)
 
@@ -194,7 +172,6 @@ class SMoLLinear(nn.Linear):
         route = self.route_holder.route
         if route is None:
             return y
-        route = self.active(route)
         a, b = self._sliced_loras(route, out_index, in_index)
         h = torch.einsum("...i,kri->...kr", self.dropout(x), a.to(x.dtype))
         h = h * route.weight.to(h.dtype)[:, None]

@@ -57,6 +57,11 @@ def main() -> None:
     parser.add_argument("--max-remove", type=int, default=15)
     parser.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC, help="the DP's calibration metric")
     parser.add_argument("--beam", type=int, default=1, help="layer sets kept per DP cell")
+    parser.add_argument("--split-ends", action="store_true", help="DP beam per ending (plan --split-ends)")
+    parser.add_argument(
+        "--baselines-from",
+        help="an earlier depth_selection.csv on the same split: reuse its baseline rows (they do not depend on the DP)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="random baseline seeds")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
@@ -74,7 +79,7 @@ def main() -> None:
     start = time.perf_counter()
     evaluator = ModelEvaluator(runner, make_metric(args.metric, runner))  # KL: includes the reference pass
     progress = lambda t: print(f"  DP row {t.rows_done - 1}", end="\r", flush=True)  # noqa: E731
-    table = dp_depth(evaluator, num_layers, max_remove, on_row=progress, beam=args.beam)
+    table = dp_depth(evaluator, num_layers, max_remove, on_row=progress, beam=args.beam, split_ends=args.split_ends)
     dp_wall = time.perf_counter() - start
     dp_work = runner.full_evaluations()
     eval_times = []
@@ -96,24 +101,26 @@ def main() -> None:
         "max_remove": max_remove,
         "dp_metric": args.metric,
         "dp_beam": args.beam,
+        "dp_split_ends": args.split_ends,
         **split.settings,
     }
     print(f"\nDP: {dp_wall:.0f} s; naive DP estimate {naive_evals} x {per_eval:.2f} s = {naive_evals * per_eval:.0f} s")
 
-    # -- baselines on the same calibration chunks
-    selections = {
-        "dp": from_table(table),
-        "bi": by_scores("bi", block_influence(runner), max_remove),
-        "ppl": by_scores("ppl", removal_metric(runner, Perplexity(split.calibration)), max_remove),
-        "last": drop_last(num_layers, max_remove),
-    }
-    randoms = [random_removal(num_layers, max_remove, seed) for seed in range(args.seeds)]
+    # -- baselines on the same calibration chunks (or their rows from an earlier run on the same split)
+    earlier = reusable_rows(args.baselines_from, split.settings) if args.baselines_from else None
+    selections = {"dp": from_table(table)}
+    if earlier is None:
+        selections["bi"] = by_scores("bi", block_influence(runner), max_remove)
+        selections["ppl"] = by_scores("ppl", removal_metric(runner, Perplexity(split.calibration)), max_remove)
+        selections["last"] = drop_last(num_layers, max_remove)
+    randoms = [random_removal(num_layers, max_remove, seed) for seed in range(args.seeds)] if earlier is None else []
 
     # -- held-out (and calibration) perplexity of every selection
     held_out = SubsetScorer(model, split.held_out, batch_size=args.batch_size)
     calib = SubsetScorer(model, split.calibration, batch_size=args.batch_size)
-    rows = []
+    rows = [] if earlier is None else earlier.to_dict("records")
     full_heldout, full_calib = held_out(()), calib(())
+    rows = [row for row in rows if row["method"] != "full"]
     rows.append(
         {
             "method": "full",
@@ -137,6 +144,8 @@ def main() -> None:
                     "layers_removed": " ".join(map(str, removed)),
                 }
             )
+        if earlier is not None:
+            continue
         seed_ppl = [held_out(r.removal[m]) for r in randoms]
         for seed, value in enumerate(seed_ppl):
             rows.append(
@@ -162,7 +171,7 @@ def main() -> None:
         pd.DataFrame(rows).to_csv(RESULTS / "depth_selection.csv", index=False)
         print(f"  evaluated m={m}", end="\r")
 
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).sort_values(["removed", "method"], kind="stable")
     frame.to_csv(RESULTS / "depth_selection.csv", index=False)
     wide = frame[frame.method.isin(["dp", "bi", "ppl", "last", "random"])].pivot(
         index="removed", columns="method", values="heldout_ppl"
@@ -195,6 +204,16 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "depth_selection.png", dpi=120)
+
+
+def reusable_rows(path: str, settings: dict) -> pd.DataFrame:
+    """The non-DP rows of an earlier run, refused unless it used the same split (its JSON sidecar)."""
+    earlier = json.loads(Path(path).with_suffix(".json").read_text())["timing"]
+    keys = ("data", "seq_len", "calibration_tokens", "held_out_tokens", "seed", "corpus_tokens")
+    if any(earlier.get(k) != settings.get(k) for k in keys):
+        raise SystemExit(f"{path} was measured on another split: rerun without --baselines-from")
+    frame = pd.read_csv(path)
+    return frame[frame.method != "dp"]
 
 
 if __name__ == "__main__":

@@ -260,3 +260,33 @@ def test_metrics_match_their_textbook_definitions(tiny_eval, head_bias):
             kl.row_losses(logits, index)
     finally:
         model.lm_head.bias = None
+
+
+def test_split_ends_finds_runs_of_neighbours_that_the_paper_dp_misses():
+    # neighbours are cheaper removed together (-0.3 per adjacent pair), as on real models. The best
+    # pair is {2, 3} (0.1), but the paper's cell (3, 1) keeps only {0} (0.1 < 0.2 for {2}), so it
+    # never tries {2, 3} and ends at 0.3. Keeping the best removal-ending prefix too finds it.
+    evaluator = InteractingEvaluator([0.1, 0.5, 0.2, 0.2], penalty=-0.3)
+    paper = dp_depth(evaluator, 4, 2)
+    assert paper.values[4][2] == pytest.approx(0.3)
+    split = dp_depth(evaluator, 4, 2, split_ends=True)
+    assert split.removal_set(4, 2) == (2, 3) and split.values[4][2] == pytest.approx(0.1)
+    assert paper.evaluations < split.evaluations <= 2 * paper.evaluations
+    with pytest.raises(UsageError, match="--split-ends"):
+        dp_depth(evaluator, 4, 2, table=paper, split_ends=True)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_split_ends_is_exact_for_additive_metrics_and_never_worse(seed):
+    rng = random.Random(seed)
+    num_layers = rng.randint(2, 7)
+    costs = [rng.uniform(-1, 1) for _ in range(num_layers)]
+    max_remove = rng.randint(1, num_layers - 1)
+    table = dp_depth(AdditiveEvaluator(costs), num_layers, max_remove, split_ends=True)
+    for m in range(max_remove + 1):
+        assert table.values[num_layers][m] == pytest.approx(brute_force(AdditiveEvaluator(costs), num_layers, m))
+    interacting = InteractingEvaluator(costs, penalty=rng.uniform(-0.5, 0.5))
+    paper = dp_depth(interacting, num_layers, max_remove)
+    split = dp_depth(interacting, num_layers, max_remove, split_ends=True)
+    for m in range(max_remove + 1):
+        assert split.values[num_layers][m] <= paper.values[num_layers][m] + 1e-12

@@ -45,6 +45,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--beam", type=positive_int, default=1, help="layer sets kept per DP cell (default 1: the paper's DP)"
     )
+    parser.add_argument(
+        "--split-ends",
+        action="store_true",
+        help="keep the beam per ending (last layer kept / removed): finds runs of neighbouring layers; ~2x time",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the data split and random methods (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="chunks per forward pass (default 4)")
     parser.add_argument("--resume", action="store_true", help="continue the DP from the checkpoint beside --out")
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         "metric": args.metric,
         "max_remove": args.max_remove,
         "beam": args.beam,
+        **({"split_ends": True} if args.split_ends else {}),  # absent by default: older checkpoints resume
     }
     ckpt = checkpoint_path(out)
     table = _load_checkpoint(ckpt, key) if args.resume and args.method == "dp" else None
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         table=table,
         on_row=on_row,
         beam=args.beam,
+        split_ends=args.split_ends,
     )
     bar.close()
     plan.metrics["wall_time_s"] = round(time.perf_counter() - started, 2)

@@ -39,11 +39,14 @@ def make_plan(
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
     beam: int = 1,
+    split_ends: bool = False,
 ) -> Plan:
     """Select layers for every depth and rank heads/channels on ``split.calibration``."""
     dims = ModelDims.from_config(model.config)
     chunks = split.calibration
-    depth = select_depth(model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row, beam)
+    depth = select_depth(
+        model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row, beam, split_ends
+    )
     width = select_width(model, chunks, width_method, seed, batch_size)
     metrics: dict[str, Any] = {
         "depth_metric": {"dp": metric, "ppl": "perplexity"}.get(depth_method),
@@ -53,6 +56,8 @@ def make_plan(
         "kv_group_scores": width.group_scores(dims),
     }
     calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "beam": beam, "seed": seed}
+    if split_ends:
+        calibration["split_ends"] = True
     return Plan(
         model_signature=model_signature(model.config),
         ordering=ordering_from(depth, width, dims),

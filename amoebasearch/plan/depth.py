@@ -27,6 +27,13 @@ of width ``k`` keeps the ``k`` best sets per cell instead of one (both candidate
 entry compete for the ``k`` places), which costs ``k`` times the evaluations and recovers
 removal sets whose prefix was only second or third best; ``k = 1`` is the paper's DP and a beam
 wide enough to hold every subset is exhaustive search.
+
+``split_ends`` keeps the ``k`` best sets *per ending* instead: those that keep layer n-1 and those
+that remove it. Removing two or more neighbouring layers is often far cheaper than the sum of
+removing each (on SmolLM2, KL of {16, 17} is 0.29 against 0.21 + 0.18 alone), but the paper's
+cell only keeps a prefix ending in a removal when that prefix is also the best overall, so a
+run of removals whose first layer was not the best single choice is never reached. Keeping the
+best removal-ending prefix alongside lets every run grow; it costs about twice the evaluations.
 """
 
 from __future__ import annotations
@@ -63,10 +70,12 @@ class DPTable:
     cells: list[list[list[Entry] | None]]
     rows_done: int = 0  # rows 0..rows_done-1 are final
     evaluations: int = 0  # candidate networks scored (partial forwards in the fast DP)
+    split_ends: bool = False  # the beam is kept per ending (last layer kept / removed)
 
     @classmethod
-    def empty(cls, num_layers: int, max_remove: int, beam: int = 1) -> DPTable:
-        return cls(num_layers, max_remove, beam, cells=[[None] * (max_remove + 1) for _ in range(num_layers + 1)])
+    def empty(cls, num_layers: int, max_remove: int, beam: int = 1, split_ends: bool = False) -> DPTable:
+        cells = [[None] * (max_remove + 1) for _ in range(num_layers + 1)]
+        return cls(num_layers, max_remove, beam, cells, split_ends=split_ends)
 
     @property
     def values(self) -> list[list[float | None]]:
@@ -92,12 +101,21 @@ class DPTable:
             "cells": [[None if c is None else [[v, list(r)] for v, r in c] for c in row] for row in self.cells],
             "rows_done": self.rows_done,
             "evaluations": self.evaluations,
+            "split_ends": self.split_ends,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DPTable:
         cells = [[None if c is None else [(float(v), tuple(r)) for v, r in c] for c in row] for row in data["cells"]]
-        return cls(data["num_layers"], data["max_remove"], data["beam"], cells, data["rows_done"], data["evaluations"])
+        return cls(
+            data["num_layers"],
+            data["max_remove"],
+            data["beam"],
+            cells,
+            data["rows_done"],
+            data["evaluations"],
+            bool(data.get("split_ends", False)),
+        )
 
 
 def check_max_remove(num_layers: int, max_remove: int | None) -> int:
@@ -116,16 +134,18 @@ def dp_depth(
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
     beam: int = 1,
+    split_ends: bool = False,
 ) -> DPTable:
     """Fill the DP table row by row (see the module docstring); ``table`` resumes a partial one.
 
-    ``beam`` sets are kept per cell. Ties keep the layer (a "keep" entry ranks before a "remove"
-    entry of equal value). ``on_row`` is called after every finished row (checkpoints, progress).
+    ``beam`` sets are kept per cell (per ending with ``split_ends``). Ties keep the layer (a "keep"
+    entry ranks before a "remove" entry of equal value). ``on_row`` is called after every finished
+    row (checkpoints, progress).
     """
     if beam < 1:
         raise UsageError(f"--beam {beam} must be at least 1")
     if table is None or table.rows_done == 0:
-        table = DPTable.empty(num_layers, max_remove, beam)
+        table = DPTable.empty(num_layers, max_remove, beam, split_ends)
         state = evaluator.initial_state()
         table.cells[0][0] = [(evaluator.score([state], 0)[0], ())]
         table.evaluations = 1
@@ -134,8 +154,15 @@ def dp_depth(
         if on_row:
             on_row(table)
     else:
-        if (table.num_layers, table.max_remove, table.beam) != (num_layers, max_remove, beam):
-            raise UsageError("the DP checkpoint was made for another layer count, --max-remove or --beam: start afresh")
+        if (table.num_layers, table.max_remove, table.beam, table.split_ends) != (
+            num_layers,
+            max_remove,
+            beam,
+            split_ends,
+        ):
+            raise UsageError(
+                "the DP checkpoint was made for another layer count, --max-remove, --beam or --split-ends: start afresh"
+            )
         done = table.rows_done > num_layers
         states = {} if done else _rebuild_states(evaluator, table, table.rows_done - 1)
 
@@ -155,7 +182,13 @@ def dp_depth(
         new_states, to_extend = {}, []
         for m, entries in candidates.items():
             entries.sort(key=lambda entry: (entry[0], entry[1]))  # stable: ties keep the layer
-            chosen = entries[:beam]
+            if split_ends:  # the best `beam` of each ending, still best first
+                chosen = sorted(
+                    [e for e in entries if not e[1]][:beam] + [e for e in entries if e[1]][:beam],
+                    key=lambda entry: (entry[0], entry[1]),
+                )
+            else:
+                chosen = entries[:beam]
             table.cells[n][m] = [(value, removed) for value, _, removed, _ in chosen]
             for slot, (_, removes, _, source) in enumerate(chosen):
                 if removes:

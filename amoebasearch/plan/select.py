@@ -92,13 +92,15 @@ def select_depth(
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
     beam: int = 1,
+    split_ends: bool = False,
 ) -> DepthSelection:
     """Removed layers for every removal count 0..max_remove by ``method`` (dp, bi, ppl, last, random).
 
     ``metric`` is the DP's calibration metric; the ``ppl`` baseline always ranks by perplexity, its
     published criterion.
 
-        ``beam`` sets per DP cell (1: the paper's DP); ``table``/``on_row`` resume and checkpoint the DP;
+        ``beam`` sets per DP cell (1: the paper's DP), per ending with ``split_ends``; ``table``/``on_row``
+        resume and checkpoint the DP;
         the other methods are one pass or none.
     """
     num_layers = len(model.model.layers)
@@ -115,7 +117,8 @@ def select_depth(
     if method == "ppl":
         return by_scores("ppl", removal_metric(runner, Perplexity(chunks)), max_remove)
     scorer = make_metric(metric, runner)
-    result = dp_depth(ModelEvaluator(runner, scorer), num_layers, max_remove, table=table, on_row=on_row, beam=beam)
+    evaluator = ModelEvaluator(runner, scorer)
+    result = dp_depth(evaluator, num_layers, max_remove, table, on_row, beam=beam, split_ends=split_ends)
     selection = from_table(result)
     selection.layer_scores = None
     return selection

@@ -39,7 +39,7 @@ def make_plan(
     table: DPTable | None = None,
     on_row: Callable[[DPTable], None] | None = None,
     beam: int = 1,
-    split_ends: bool = False,
+    split_ends: bool = True,
 ) -> Plan:
     """Select layers for every depth and rank heads/channels on ``split.calibration``."""
     dims = ModelDims.from_config(model.config)
@@ -56,8 +56,7 @@ def make_plan(
         "kv_group_scores": width.group_scores(dims),
     }
     calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "beam": beam, "seed": seed}
-    if split_ends:
-        calibration["split_ends"] = True
+    calibration["split_ends"] = split_ends
     return Plan(
         model_signature=model_signature(model.config),
         ordering=ordering_from(depth, width, dims),

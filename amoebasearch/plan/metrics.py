@@ -121,4 +121,4 @@ def next_token_logsumexp(logits: torch.Tensor) -> torch.Tensor:
 
 METRICS = ("kl", "perplexity")
 DEFAULT_METRIC = "kl"
-DEFAULT_CALIBRATION_TOKENS = 4096  # where KL picked the validation-best single layer in every draw
+DEFAULT_CALIBRATION_TOKENS = 2048  # with --split-ends, lowest held-out perplexity at all 15 depths (depth_selection.py)

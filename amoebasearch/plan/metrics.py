@@ -8,7 +8,7 @@ continue with, so a small calibration set ranks removals more like unseen text d
 A metric scores logits row by row, so the layer runner can batch several candidate subnets in
 one pass and still credit each row to its candidate. Both metrics need each position's
 ``logsumexp`` over the vocabulary; it is taken over the whole contiguous logits tensor and then
-sliced, because slicing first makes torch copy the (hundreds of MB) logits before reducing.
+sliced: reducing the sliced (strided) view measured several times slower on the CPU.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class Metric(Protocol):
     ) -> torch.Tensor:
         """Per-row summed loss over the row's scored tokens; logits [b, S, V], chunk_index [b].
 
-        ``features`` [b, S, d] are the final-normed hidden states the (bias-free) LM head maps to
-        ``logits``, where the caller has them; `KLToFull` needs them.
+        ``features`` [b, S, d] are the final-normed hidden states the LM head maps to ``logits``,
+        where the caller has them; `KLToFull` needs them.
         """
 
     def tokens_per_row(self) -> int: ...
@@ -65,11 +65,11 @@ class Perplexity:
 class KLToFull:
     """Mean per-token KL(full model || subnet), in nats.
 
-    With ``p`` the full model's next-token probabilities and ``z = W h`` a subnet's logits (``W``
-    the bias-free LM head, ``h`` its final-normed hidden state), per position
-    ``KL = sum p log p - sum p z + logsumexp(z) sum p`` and ``sum p z = (W^T p) . h (+ p . b with a
-    head bias)``. So the
-    reference pass keeps, per position, only ``sum p log p``, ``sum p`` and ``u = W^T p`` (a
+    With ``p`` the full model's next-token probabilities and ``z = W h + b`` a subnet's logits
+    (``W``, ``b`` the LM head, ``h`` the final-normed hidden state), per position
+    ``KL = sum p log p - sum p z + logsumexp(z) sum p`` and ``sum p z = (W^T p) . h + p . b``, where
+    only ``h`` depends on the subnet. So the reference pass keeps, per position,
+    ``sum p log p - p . b``, ``sum p`` and ``u = W^T p`` (a
     hidden-size vector: 9 MB for 4K tokens instead of 400 MB of probabilities), and a subnet then
     costs its logsumexp plus one dot product per position: no pass of ``p`` over the vocabulary.
     """

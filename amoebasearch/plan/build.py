@@ -55,8 +55,14 @@ def make_plan(
         "layer_scores": depth.layer_scores,
         "kv_group_scores": width.group_scores(dims),
     }
-    calibration = {**split.settings, "metric": metric, "max_remove": max(depth.removal), "beam": beam, "seed": seed}
-    calibration["split_ends"] = split_ends
+    calibration = {
+        **split.settings,
+        "metric": metric,
+        "max_remove": max(depth.removal),
+        "beam": beam,
+        "split_ends": split_ends,
+        "seed": seed,
+    }
     return Plan(
         model_signature=model_signature(model.config),
         ordering=ordering_from(depth, width, dims),

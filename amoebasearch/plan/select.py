@@ -97,10 +97,9 @@ def select_depth(
     """Removed layers for every removal count 0..max_remove by ``method`` (dp, bi, ppl, last, random).
 
     ``metric`` is the DP's calibration metric; the ``ppl`` baseline always ranks by perplexity, its
-    published criterion.
-
-        ``beam`` sets per DP cell, per ending with ``split_ends`` (off with beam 1: the paper's DP);
-        ``table``/``on_row`` resume and checkpoint the DP; the other methods are one pass or none.
+    published criterion. ``beam`` sets are kept per DP cell, per ending with ``split_ends`` (both off,
+    beam 1: the paper's DP); ``table``/``on_row`` resume and checkpoint the DP; the other methods are
+    one pass or none.
     """
     num_layers = len(model.model.layers)
     max_remove = check_max_remove(num_layers, max_remove)

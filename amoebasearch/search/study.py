@@ -72,13 +72,16 @@ def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: fl
     """The deepest feasible shape for a few widths: where the best subnet usually is."""
     ffn = space.ffn_options
     ffn_levels = sorted({ffn[-1], ffn[(3 * len(ffn)) // 4 - 1], ffn[len(ffn) // 2 - 1]}, reverse=True)
-    seeds = []
-    for heads in reversed(space.head_options):
-        for width in ffn_levels:
-            feasible = [d for d in space.depths if latency[space.shape(d, heads, width)] <= budget_ms]
-            if feasible:
-                seeds.append(space.shape(max(feasible), heads, width))
-    return seeds
+    widths = [(heads, width) for heads in reversed(space.head_options) for width in ffn_levels]
+    return [s for h, f in widths if (s := deepest_fitting(space, latency, budget_ms, h, f)) is not None]
+
+
+def deepest_fitting(
+    space: ShapeSpace, latency: dict[Shape, float], budget_ms: float, heads: int, ffn: int
+) -> Shape | None:
+    """The deepest shape of width (heads, ffn) whose latency fits the budget, if any does."""
+    feasible = [d for d in space.depths if latency[space.shape(d, heads, ffn)] <= budget_ms]
+    return space.shape(max(feasible), heads, ffn) if feasible else None
 
 
 def boundary_neighbours(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float, shape: Shape) -> list[Shape]:
@@ -93,9 +96,8 @@ def boundary_neighbours(space: ShapeSpace, latency: dict[Shape, float], budget_m
         h, f = h0 + dh, f0 + df
         if (dh, df) == (0, 0) or not (0 <= h < len(heads) and 0 <= f < len(ffn)):
             continue
-        feasible = [d for d in space.depths if latency[space.shape(d, heads[h], ffn[f])] <= budget_ms]
-        if feasible:
-            out.append(space.shape(max(feasible), heads[h], ffn[f]))
+        if (neighbour := deepest_fitting(space, latency, budget_ms, heads[h], ffn[f])) is not None:
+            out.append(neighbour)
     return out
 
 

@@ -25,11 +25,11 @@ from amoebasearch.errors import UsageError
 from amoebasearch.plots import Curve
 from amoebasearch.profile.predict import point_model
 from amoebasearch.profile.table import LatencyTable
+from amoebasearch.search.quality import HIGHER_IS_BETTER
 from amoebasearch.search.study import Candidate, pareto_front
 from amoebasearch.shape import Shape
 
 COLUMNS = ("selection", "depth", "heads", "ffn", "layers", "quality", "metric", "model", "signature")
-HIGHER_IS_BETTER = {"ppl": False, "accuracy": True}
 METRIC_LABELS = {"ppl": "held-out perplexity", "accuracy": "multiple-choice accuracy"}
 
 

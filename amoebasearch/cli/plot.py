@@ -48,6 +48,7 @@ def run_fronts(args: argparse.Namespace) -> int:
     from amoebasearch import atomic, fronts
     from amoebasearch.plots import plot_fronts, save_png
     from amoebasearch.profile.table import load_table
+    from amoebasearch.search.quality import HIGHER_IS_BETTER
 
     frame = fronts.read_qualities(args.qualities)
     point = (args.phase, args.batch, args.context)
@@ -78,7 +79,7 @@ def run_fronts(args: argparse.Namespace) -> int:
         written.append(save_png(figure, out / f"{name}.png"))
         written.append(atomic.write_text(out / f"{name}.csv", fronts.curves_frame(curves).to_csv(index=False)))
     for curve in by_device:
-        best = min(curve.quality) if not fronts.HIGHER_IS_BETTER[metric] else max(curve.quality)
+        best = min(curve.quality) if not HIGHER_IS_BETTER[metric] else max(curve.quality)
         print(
             f"{curve.label}{' (estimated)' if curve.estimated else ''}: {len(curve.latency_ms)} front points, "
             f"{min(curve.latency_ms):.3g}-{max(curve.latency_ms):.3g} ms, best {label} {best:.4g}"

@@ -22,13 +22,13 @@ from amoebasearch.profile.predict import point_model
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
-from amoebasearch.search.quality import HeldOutPerplexity, LogitsFn
+from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, search
 from amoebasearch.search.tables import choose_table
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
-METRICS = ("ppl", "accuracy")  # held-out perplexity (lower is better), multiple-choice accuracy (higher)
+METRICS = tuple(HIGHER_IS_BETTER)
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
 
 
@@ -95,7 +95,7 @@ class QualitySource:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.request.metric == "accuracy"
+        return HIGHER_IS_BETTER[self.request.metric]
 
     @property
     def eval_settings(self) -> dict[str, Any]:

@@ -16,6 +16,10 @@ import torch
 from amoebasearch.plan.evaluate import logits_metric
 from amoebasearch.shape import Shape
 
+# Every quality metric and its direction: held-out perplexity (lower is better) and
+# multiple-choice accuracy (`amoebasearch.search.choice`, higher is better).
+HIGHER_IS_BETTER = {"ppl": False, "accuracy": True}
+
 
 class LogitsFn(Protocol):
     def __call__(

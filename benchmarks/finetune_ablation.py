@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--sandwich", type=int, default=4)
+    parser.add_argument("--gate-noise", type=float, default=SMoLConfig.noise, help="SMoL gate noise scale")
+    parser.add_argument("--gate-prior", type=float, default=SMoLConfig.prior, help="SMoL size-anchored gate prior")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--examples", type=int, default=3000, help="ShareGPT pairs read")
     parser.add_argument("--heldout", type=int, default=12, help="held-out sequences for perplexity")
@@ -113,7 +115,14 @@ def main() -> None:
     def fresh(smol: bool) -> SMoLModel:
         """A clean base model (SMoL wraps layers in place, so each variant reloads) with new adapters."""
         model = models.load(args.model).model.to(device)
-        config = SMoLConfig(num_loras=5 if smol else 1, top_k=2 if smol else 1, rank=args.rank, alpha=2.0 * args.rank)
+        config = SMoLConfig(
+            num_loras=5 if smol else 1,
+            top_k=2 if smol else 1,
+            rank=args.rank,
+            alpha=2.0 * args.rank,
+            noise=args.gate_noise,
+            prior=args.gate_prior,
+        )
         torch.manual_seed(args.seed)  # same LoRA init for every variant
         return SMoLModel(model, config, plan.ordering)
 
@@ -206,7 +215,9 @@ def main() -> None:
         "summary": summary,
         "plan": {"depth_method": plan.depth_method, "width_method": plan.width_method, "calibration": plan.calibration},
         "machine": fingerprint(device),
-        "smol_defaults": asdict(SMoLConfig(rank=args.rank, alpha=2.0 * args.rank)),
+        "smol_config": asdict(
+            SMoLConfig(rank=args.rank, alpha=2.0 * args.rank, noise=args.gate_noise, prior=args.gate_prior)
+        ),
     }
     (Path(f"{stem}.json")).write_text(json.dumps(meta, indent=1, default=str) + "\n")
     plot(per_shape, f"{stem}.png", args, meta["machine"], f"{plan.depth_method}/{plan.width_method}")

@@ -110,3 +110,30 @@ def test_compile_runtime_matches_eager_on_a_stack():
     with torch.no_grad():
         expected = BlockStack(eager_stack.model.layers)(*args)
     torch.testing.assert_close(run(args), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_exports_once_per_live_weights(monkeypatch):
+    """A second program of the same module is a new session of the same export; other weights
+    (even of the same shapes) are exported anew, and a dead module's export is dropped."""
+    runtime = get_runtime("onnxruntime", "cpu", torch.float32)
+    exports = []
+    original = runtime._export
+    monkeypatch.setattr(runtime, "_export", lambda *a: exports.append(a[0]) or original(*a))
+    ids = torch.randint(1, 97, (1, 5))
+    model = extract(tiny_model("llama"), Shape((1, 3), 4, 96))
+    first = runtime.program(Decoder(model), (ids, None, None))
+    second = runtime.program(Decoder(model), (ids, None, None))
+    assert len(exports) == 1
+    outputs = [torch.from_numpy(run((ids, None, None))[0]) for run in (first, second)]
+    torch.testing.assert_close(*outputs)
+    twin = extract(tiny_model("llama"), Shape((1, 3), 4, 96))
+    runtime.program(Decoder(twin), (ids, None, None))
+    assert len(exports) == 2
+    runtime.program(Decoder(model), (torch.randint(1, 97, (1, 7)), None, None))  # other input shapes
+    assert len(exports) == 3
+    del model, twin, exports[:]
+    import gc
+
+    gc.collect()
+    runtime.program(Decoder(extract(tiny_model("llama"), Shape((0,), 2, 64))), (ids, None, None))
+    assert len(runtime._exported) == 1  # entries of freed weights were dropped

@@ -80,3 +80,12 @@ def test_cuda_event_clock_times_gpu_work():
 def test_clock_choice_follows_the_device():
     assert type(timing.clock_for("cpu")) is timing.Clock
     assert isinstance(timing.clock_for("cuda:0"), timing.CudaClock)  # constructing it needs no GPU
+
+
+def test_instances_combine_by_median_and_report_their_spread():
+    fast, usual, unlucky = (timing.Stats(m, m - 1, m + 1, 21) for m in (100.0, 102.0, 125.0))
+    combined = timing.median_of_instances([unlucky, fast, usual])
+    assert (combined.median_us, combined.p10_us, combined.p90_us, combined.repeats) == (102.0, 101.0, 103.0, 63)
+    assert timing.instance_spread([unlucky, fast, usual]) == pytest.approx(1.25)
+    with pytest.raises(ValueError):
+        timing.median_of_instances([])

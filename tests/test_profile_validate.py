@@ -1,5 +1,7 @@
 """Validation: calibration fit on known data, held-out split, summary, and a tiny end-to-end run."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -77,6 +79,10 @@ def test_profile_and_validate_tiny_end_to_end(tmp_path):
     validation = pd.read_csv(next((tmp_path / "p").glob("*.validation.csv")))
     assert len(validation) == 12 and set(validation["split"]) == {"calibration", "heldout"}
     assert (validation["measured_us"] > 0).all()
+    # every subnet and block width is the median of three independently allocated instances
+    assert (validation["instances"] == 3).all() and (validation["instance_spread"] >= 1).all()
+    sidecar = json.loads(next((tmp_path / "p").glob("*float32.json")).read_text())
+    assert sidecar["settings"]["instances"] == 3 and "malloc" in sidecar["settings"]
 
 
 class ScriptedClock:
@@ -131,3 +137,26 @@ def test_calibration_split_is_seeded_random_and_sized():
     chosen = calibration_subnets(66, 16, seed=0)
     assert len(chosen) == 16 and chosen == calibration_subnets(66, 16, seed=0)
     assert chosen != set(range(16))  # not simply the first (earliest-timed) subnets
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime"])
+def test_subnet_instances_are_independent_copies_of_one_subnet(name):
+    """PyTorch runtimes get fresh extractions (own tensors, same values); a runtime that copies
+    weights gets the one module, each program of it being a separate allocation."""
+    from conftest import tiny_model
+
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+    from amoebasearch.profile.validate import subnet_instances
+    from amoebasearch.shape import Shape
+
+    model = tiny_model("llama")
+    ctx = Context(get_runtime(name, "cpu", torch.float32), "cpu", torch.float32)
+    copies = subnet_instances(model, Shape((0, 2), 2, 64), ctx, 3)
+    assert len(copies) == 3
+    weights = [c.model.layers[0].mlp.up_proj.weight for c in copies]
+    if name == "onnxruntime":
+        assert all(c is copies[0] for c in copies)
+    else:
+        assert len({w.data_ptr() for w in weights}) == 3
+        assert all(torch.equal(w, weights[0]) for w in weights)

@@ -11,7 +11,7 @@ from conftest import tiny_model
 from amoebasearch.export import extract
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
-from amoebasearch.train.smol import SMoLConfig, SMoLModel, load_balancing_loss
+from amoebasearch.train.smol import SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
 
 
 def randomise(smol: SMoLModel, seed: int = 1) -> SMoLModel:
@@ -57,7 +57,7 @@ def test_gate_depends_on_shape_and_selects_exactly_k():
 
 
 def test_noisy_gate_still_selects_k_and_explores():
-    smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, noise=1.0))
+    smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, noise=1.0, prior=0.0))
     shape = ShapeSpace(smol.dims).largest()
     torch.manual_seed(0)
     picks = {tuple(sorted(smol.route(shape, noisy=True).index.tolist())) for _ in range(50)}
@@ -134,3 +134,25 @@ def test_config_rejects_top_k_above_loras():
 
     with pytest.raises(UsageError, match="top-k"):
         SMoLConfig(num_loras=2, top_k=3)
+
+
+def test_gate_prior_anchors_small_and_large_shapes_to_different_loras():
+    """With the size-anchored prior (and no noise) the largest shape uses the top anchors and the
+    smallest the bottom ones, whatever the random init of the learned part."""
+    torch.manual_seed(0)
+    smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, prior=4.0))
+    space = ShapeSpace(smol.dims, ffn_step=32)
+    largest, smallest = space.largest(), space.smallest()
+    assert set(smol.route(largest).index.tolist()) == {3, 4}
+    assert 4 not in set(smol.route(smallest).index.tolist())
+    probabilities = smol.gate.probabilities(torch.stack([shape_encoding(s, smol.dims) for s in (largest, smallest)]))
+    assert probabilities[0, 4] > probabilities[1, 4] and probabilities[1, 0] > probabilities[0, 0]
+
+
+def test_adapters_saved_before_the_gate_prior_load_without_it():
+    from amoebasearch.errors import UsageError
+
+    assert SMoLConfig.from_dict({"num_loras": 5, "top_k": 2, "rank": 4}).prior == 0.0
+    assert SMoLConfig.from_dict(SMoLConfig(rank=4).to_dict()).prior == SMoLConfig.prior
+    with pytest.raises(UsageError):
+        SMoLConfig(prior=-1.0)

@@ -31,8 +31,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Measure every building block of the shape space on one device and runtime, write "
         "profiles/<model>-<device>-<runtime>-<dtype>.csv (+ .json sidecar), optionally validate the "
         "predictor on real extracted subnets. With --estimate DEVICE, write a roofline table instead. "
-        "The default grid (prefill and decode, batch 1, context 128) takes about 3 minutes per runtime for "
-        "SmolLM2-135M on one core of a 2-core AMD EPYC, plus 8-20 minutes for --validate 50.",
+        "The default grid (prefill and decode, batch 1, context 128, 3 instances) takes 7-8 minutes per runtime "
+        "for SmolLM2-135M on one core of a 2-core AMD EPYC, plus 20-33 minutes for --validate 50.",
     )
     add_model_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
@@ -54,6 +54,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default 1 on CPU, recorded)")
     parser.add_argument("--repeats", type=positive_int, default=21, help="timed repeats per program (>= 20)")
+    parser.add_argument(
+        "--instances",
+        type=positive_int,
+        default=3,
+        help="independently allocated copies timed per block width and per validation subnet; "
+        "a latency is their median (default 3)",
+    )
     parser.add_argument("--ffn-step", type=positive_int, default=64, help="FFN width granularity (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs and validation subnets")
     parser.set_defaults(run=run)
@@ -97,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate:
         return run_estimate(args)
     from amoebasearch.profile import profiler
-    from amoebasearch.profile.timing import measurement_threads
+    from amoebasearch.profile.timing import fix_malloc_thresholds, measurement_threads
 
     device = check_device(args.device)
+    fix_malloc_thresholds()
     with measurement_threads(device, args.threads or profiler.default_threads(device)) as pinned:
         return measure(args, device, pinned)
 
@@ -111,6 +119,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     from amoebasearch.models import load, load_config
     from amoebasearch.profile import profiler
     from amoebasearch.profile.runtimes import get_runtime
+    from amoebasearch.profile.timing import malloc_policy
 
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
@@ -119,7 +128,15 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     points = profiler.grid(args.phases, args.batch, args.context)
     loaded = load(args.model, dtype=dtype)
     model = loaded.model.to(device)
-    settings = {"repeats": args.repeats, "warmup": 3, "ffn_step": args.ffn_step, "seed": args.seed, "pinned": pinned}
+    settings = {
+        "repeats": args.repeats,
+        "warmup": 3,
+        "ffn_step": args.ffn_step,
+        "seed": args.seed,
+        "pinned": pinned,
+        "instances": args.instances,
+        "malloc": malloc_policy(),
+    }
     table = profiler.open_table(
         args.out, loaded.name, config, runtime, device, dtype_name, points, settings, args.resume
     )
@@ -131,7 +148,14 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     ctx = profiler.Context(runtime, device, dtype, seed=args.seed)
     with tqdm(total=profiler.steps(loaded.dims, points, args.ffn_step), desc="blocks", unit="row") as bar:
         profiler.profile_model(
-            model, table, ctx, points, ffn_step=args.ffn_step, repeats=args.repeats, progress=bar.update
+            model,
+            table,
+            ctx,
+            points,
+            ffn_step=args.ffn_step,
+            repeats=args.repeats,
+            instances=args.instances,
+            progress=bar.update,
         )
     profiler.finish_table(table, device, time.perf_counter() - begin)
     print(f"table: {len(table.rows)} rows in {time.perf_counter() - begin:.0f} s -> {table.path}")
@@ -149,6 +173,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 seed=args.seed,
                 ffn_step=args.ffn_step,
                 repeats=args.repeats,
+                instances=args.instances,
                 resume=args.resume,
                 progress=bar.update,
             )

@@ -45,6 +45,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--rank", type=positive_int, default=64, help="LoRA rank (default 64)")
     parser.add_argument("--alpha", type=positive_float, help="LoRA alpha (default 2 x rank)")
     parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    parser.add_argument(
+        "--gate-noise", type=float, default=1.0, help="scale of the gate's learned noise in training (default 1)"
+    )
+    parser.add_argument(
+        "--gate-prior",
+        type=float,
+        default=2.0,
+        help="strength of the size-anchored gate prior: neighbouring shapes share LoRAs (default 2, 0 = off)",
+    )
     parser.add_argument("--min-depth", type=positive_int, help="shallowest shape trained (default half the layers)")
     parser.add_argument("--ffn-step", type=positive_int, default=64, help="FFN width granularity (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order, shapes, noise (default 0)")
@@ -67,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
         dropout=args.dropout,
+        noise=args.gate_noise,
+        prior=args.gate_prior,
     )
     loop = TrainConfig(
         steps=args.steps,

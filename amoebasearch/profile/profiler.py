@@ -97,14 +97,29 @@ def fixed_rows(model: nn.Module, ctx: Context, point: Point, settings: dict) -> 
 def decoder_rows(
     model: nn.Module, ctx: Context, point: Point, widths: list[tuple[int, int]], settings: dict
 ) -> list[dict[str, Any]]:
-    """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth."""
+    """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth.
+
+    Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
+    is their median (see `validate.subnet_instances` for why one allocation is not enough).
+    """
+    count = settings.get("instances", 1)
+
+    def stacks(h: int, f: int) -> list[nn.Module]:
+        first = ctx.runtime.prepare_model(stack_model(model, h, f))
+        if ctx.runtime.copies_weights:
+            return [first] * count
+        return [first, *(ctx.runtime.prepare_model(stack_model(model, h, f)) for _ in range(count - 1))]
+
     # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
-    programs = [stack_program(ctx.runtime.prepare_model(stack_model(model, h, f)), point, ctx) for h, f in widths]
+    programs = [stack_program(stack, point, ctx) for h, f in widths for stack in stacks(h, f)]
     stats = timing.measure_interleaved(
         programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
     )
     depth = stack_depth(ModelDims.from_config(model.config))
-    return [_row("decoder", h, f, point, s, scale=depth) for (h, f), s in zip(widths, stats, strict=True)]
+    return [
+        _row("decoder", h, f, point, timing.median_of_instances(stats[i * count : (i + 1) * count]), scale=depth)
+        for i, (h, f) in enumerate(widths)
+    ]
 
 
 def profile_model(
@@ -117,12 +132,13 @@ def profile_model(
     warmup: int = 3,
     repeats: int = 21,
     interleave: int | None = None,
+    instances: int = 1,
     progress: Callable[[int], Any] | None = None,
 ) -> LatencyTable:
     """Fill ``table`` with every missing row of the grid; returns it (saved after each group)."""
     dims = ModelDims.from_config(model.config)
     table.check_model(model_signature(model.config))
-    settings = {"clock": timing.clock_for(ctx.device), "warmup": warmup, "repeats": repeats}
+    settings = {"clock": timing.clock_for(ctx.device), "warmup": warmup, "repeats": repeats, "instances": instances}
     done = table.done()
     widths = width_options(dims, ffn_step)
     if "layer_index_check" not in table.meta and points:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class Runtime:
     name = "base"
     #: time the Hugging Face model's own forward (with a DynamicCache) end to end, not `blocks.Decoder`
     native_hf = False
+    #: the runtime copies a module's weights into memory of its own (so two programs of one module
+    #: are two independent allocations); PyTorch runtimes run on the module's own tensors
+    copies_weights = False
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         """Raise `UsageError` if this runtime cannot run on ``device`` in ``dtype``."""
@@ -109,15 +113,22 @@ class CompileRuntime(EagerRuntime):
 
 
 class OnnxRuntime(Runtime):
-    """Export each program to ONNX (TorchScript exporter, static shapes) and run it with ORT."""
+    """Export each program to ONNX (TorchScript exporter, static shapes) and run it with ORT.
+
+    Exports are remembered per (module type, parameters, input shapes) while those parameters
+    live, so a second program of the same weights (another independently allocated instance, see
+    `validate.subnet_instances`) costs a session, not an export.
+    """
 
     name = "onnxruntime"
     opset = 17
+    copies_weights = True
 
     def __init__(self) -> None:
         self.providers: list[str] = []
         self.device = "cpu"
         self.threads = 1
+        self._exported: dict[tuple, tuple[list[weakref.ref], bytes]] = {}
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
@@ -141,6 +152,39 @@ class OnnxRuntime(Runtime):
 
         names = [f"input{i}" for i in range(len(example))]
         kept = [i for i, value in enumerate(example) if value is not None]
+        onnx = self._exported_bytes(module, example, names, kept)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(onnx, options, providers=self.providers)
+        input_names = [names[i] for i in kept]
+        if self.device.startswith("cuda"):
+            return _cuda_program(session, input_names, kept, self.device)
+
+        def run(args: tuple) -> Any:
+            feed = {name: args[i].numpy() for name, i in zip(input_names, kept, strict=True)}
+            return session.run(None, feed)
+
+        return run
+
+    def _exported_bytes(self, module: nn.Module, example: tuple, names: list[str], kept: list[int]) -> bytes:
+        """The ONNX model of ``module`` on inputs shaped like ``example``, exported once per live weights.
+
+        Keyed by the module type, the identities of its parameters and the input shapes; weak
+        references check that the very same parameter objects are still alive (an id can be reused).
+        """
+        params = list(module.parameters())
+        signature = tuple(None if value is None else (tuple(value.shape), value.dtype) for value in example)
+        key = (type(module).__name__, tuple(map(id, params)), signature)
+        self._exported = {k: v for k, v in self._exported.items() if all(r() is not None for r in v[0])}
+        entry = self._exported.get(key)
+        if entry is None or any(r() is not p for r, p in zip(entry[0], params, strict=True)):
+            entry = ([weakref.ref(p) for p in params], self._export(module, example, names, kept))
+            self._exported[key] = entry
+        return entry[1]
+
+    def _export(self, module: nn.Module, example: tuple, names: list[str], kept: list[int]) -> bytes:
         with tempfile.TemporaryDirectory(prefix="amoebasearch-onnx-") as tmp:
             path = Path(tmp) / "program.onnx"
             with torch.inference_mode(False), torch.no_grad(), _no_sdpa_gqa(), warnings.catch_warnings():
@@ -155,20 +199,7 @@ class OnnxRuntime(Runtime):
                     opset_version=self.opset,
                     dynamo=False,
                 )
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = ort.InferenceSession(str(path), options, providers=self.providers)
-        input_names = [names[i] for i in kept]
-        if self.device.startswith("cuda"):
-            return _cuda_program(session, input_names, kept, self.device)
-
-        def run(args: tuple) -> Any:
-            feed = {name: args[i].numpy() for name, i in zip(input_names, kept, strict=True)}
-            return session.run(None, feed)
-
-        return run
+            return path.read_bytes()
 
     def settings(self) -> dict[str, Any]:
         import onnxruntime as ort

@@ -1,9 +1,10 @@
 """Validate a latency table against end-to-end measurements of real extracted subnets.
 
 Seeded random shapes are extracted (physically sliced, as ``export`` does) and timed whole in
-the table's runtime. A seeded random ``calibrate`` of them fit, per grid point, a linear
-correction ``measured ~ scale * composed + offset`` (least squares on relative error); the
-other ``n`` are held out and are the only ones the published error counts.
+the table's runtime, each as several independently allocated instances (`subnet_instances`).
+A seeded random ``calibrate`` of them fit, per grid point, a linear correction
+``measured ~ scale * composed + offset`` (least squares on relative error); the other ``n``
+are held out and are the only ones the published error counts.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ COLUMNS = (
     "measured_p10_us",
     "measured_p90_us",
     "error_pct",
+    "instances",
+    "instance_spread",
     "sentinel_ratio",
     "sentinel_vs_table",
     "attempts",
@@ -79,7 +82,8 @@ def fit_calibration(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Share within +-5 % and +-10 % and MAPE per point, over the held-out rows (and the MAPE of
-    the plain composition before calibration, to show what calibration buys)."""
+    the plain composition before calibration, to show what calibration buys, and the median
+    spread between a subnet's instances, to show what one allocation alone can move)."""
     held = rows[rows["split"] == "heldout"]
     out = []
     for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
@@ -95,6 +99,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                 "within_10pct": float((err <= 10).mean()),
                 "mape_pct": float(err.mean()),
                 "uncalibrated_mape_pct": float(uncalibrated.mean()),
+                # how far apart independently allocated copies of one subnet ran (1.0 = one copy)
+                "instance_spread_median": float(group.get("instance_spread", pd.Series([1.0])).fillna(1.0).median()),
             }
         )
     return pd.DataFrame(out)
@@ -112,7 +118,8 @@ def apply_calibration(rows: pd.DataFrame, table: LatencyTable) -> pd.DataFrame:
     return rows
 
 
-def _row(index: int, shape: Shape, point: Point, stats: timing.Stats, composed: float) -> dict:
+def _row(index: int, shape: Shape, point: Point, instances: list[timing.Stats], composed: float) -> dict:
+    stats = timing.median_of_instances(instances)
     return {
         "subnet": index,
         "split": "pending",  # decided by `finish_validation`
@@ -128,6 +135,8 @@ def _row(index: int, shape: Shape, point: Point, stats: timing.Stats, composed: 
         "measured_p10_us": round(stats.p10_us, 3),
         "measured_p90_us": round(stats.p90_us, 3),
         "error_pct": round((composed - stats.median_us) / stats.median_us * 100, 3),
+        "instances": len(instances),
+        "instance_spread": round(timing.instance_spread(instances), 4),
     }
 
 
@@ -175,6 +184,22 @@ def measure_group(programs, sentinel_and_history, clock, warmup: int, repeats: i
     }
 
 
+def subnet_instances(model: nn.Module, shape: Shape, ctx: Context, count: int) -> list[nn.Module]:
+    """``count`` independently allocated copies of one extracted subnet, prepared for the runtime.
+
+    Where a program's weights land in memory changes its speed: identical ONNX Runtime sessions
+    of one subnet, timed interleaved on this CPU, differ by up to 7 %, and single sessions by up
+    to 25 %. A subnet's latency is therefore the median over instances. A runtime that copies the
+    weights (ONNX Runtime: every program is a session of its own) gets one module ``count`` times;
+    PyTorch runtimes get fresh extractions.
+    """
+    build = lambda: ctx.runtime.prepare_model(share_embeddings(extract(model, shape), model))  # noqa: E731
+    first = build()
+    if ctx.runtime.copies_weights:
+        return [first] * count
+    return [first, *(build() for _ in range(count - 1))]
+
+
 def validate_table(
     model: nn.Module,
     table: LatencyTable,
@@ -188,13 +213,15 @@ def validate_table(
     warmup: int = 3,
     repeats: int = 21,
     resume: bool = False,
-    group: int = 8,
+    group: int = 4,
+    instances: int = 3,
     tolerance: float = 0.02,
     progress: Callable[[int], Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure ``calibrate + n`` seeded subnets end to end; fit calibration; return (rows, summary).
 
-    Subnets are timed ``group`` at a time, round-robin, so drift hits a group's members alike.
+    Subnets are timed ``group`` at a time, ``instances`` independently allocated copies of each
+    (`subnet_instances`), all round-robin, so drift hits a group's members alike.
     A sentinel (a fixed full-width reference subnet) runs in every group; when it is more than
     ``tolerance`` off its usual value, the machine was disturbed (a noisy neighbour on a shared
     host) and the group is measured again, up to `MAX_ATTEMPTS` times (see `measure_group`).
@@ -216,15 +243,17 @@ def validate_table(
         members = list(range(start, min(start + group, len(shapes))))
         todo = [p for p in points if any((i, p.phase, p.batch, p.context) not in finished for i in members)]
         if todo:
-            subnets = [ctx.runtime.prepare_model(share_embeddings(extract(model, shapes[i]), model)) for i in members]
+            copies = [subnet_instances(model, shapes[i], ctx, instances) for i in members]
             for point in todo:
-                programs = [model_program(subnet, point, ctx) for subnet in subnets]
+                programs = [model_program(subnet, point, ctx) for subnets in copies for subnet in subnets]
                 base = lookup[(point.phase, point.batch, point.context)]
                 stats, check = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance)
-                for i, s in zip(members, stats, strict=True):
+                del programs  # one point's sessions at a time: ONNX Runtime copies every weight
+                for slot, i in enumerate(members):
                     if (i, point.phase, point.batch, point.context) not in finished:
-                        rows.append({**_row(i, shapes[i], point, s, base.raw(shapes[i])), **check})
-            del subnets
+                        mine = stats[slot * instances : (slot + 1) * instances]
+                        rows.append({**_row(i, shapes[i], point, mine, base.raw(shapes[i])), **check})
+            del copies
             if out is not None:
                 atomic.write_text(out, pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False))
         if progress:

@@ -46,6 +46,7 @@ class SMoLConfig:
     alpha: float = 128.0
     dropout: float = 0.0
     noise: float = 1.0  # scale of the learned gate noise during training (noisy top-k gating)
+    prior: float = 2.0  # strength of the size-anchored gate prior (see `ShapeGate`); 0 = none
     balance_coef: float = 0.01  # weight of the load-balancing term
     roles: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -57,6 +58,8 @@ class SMoLConfig:
             raise UsageError(f"--top-k {self.top_k} must be between 1 and the number of LoRAs ({self.num_loras})")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"LoRA dropout {self.dropout} must be in [0, 1)")
+        if self.noise < 0 or self.prior < 0:
+            raise UsageError(f"gate noise ({self.noise}) and gate prior ({self.prior}) must be >= 0")
 
     @property
     def scale(self) -> float:
@@ -70,6 +73,7 @@ class SMoLConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SMoLConfig:
         known = {f.name for f in fields(cls)}
+        data = {"prior": 0.0, **data}  # adapters saved before the prior existed were trained without it
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -93,16 +97,31 @@ class ShapeGate(nn.Module):
 
     The noise follows Shazeer et al. (2017): logits + N(0,1)·softplus(W_noise·e), so exploration
     is learnable and vanishes where the gate is confident.
+
+    ``prior`` > 0 adds a fixed size-anchored term: LoRA t is anchored at size (t+1)/T, and a shape
+    of size s (the mean of its three ratios) gets ``-prior·((s - anchor_t)·T)²/2``. A randomly
+    initialised gate routes shapes arbitrarily, so early in training each LoRA sees an unrelated
+    mix of shapes; the prior makes neighbouring shapes share LoRAs from the first step, and the
+    learned part can still move the boundaries.
     """
 
-    def __init__(self, num_loras: int, top_k: int, noise: float = 1.0, hidden: int = 16) -> None:
+    def __init__(self, num_loras: int, top_k: int, noise: float = 1.0, hidden: int = 16, prior: float = 0.0) -> None:
         super().__init__()
-        self.num_loras, self.top_k, self.noise = num_loras, top_k, noise
+        self.num_loras, self.top_k, self.noise, self.prior = num_loras, top_k, noise, prior
         self.net = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, num_loras))
         self.noise_proj = nn.Linear(3, num_loras)
+        anchors = torch.arange(1, num_loras + 1, dtype=torch.float32) / num_loras
+        self.register_buffer("anchors", anchors, persistent=False)
+
+    def clean_logits(self, encoding: torch.Tensor) -> torch.Tensor:
+        logits = self.net(encoding)
+        if self.prior:
+            size = encoding.mean(-1, keepdim=True)
+            logits = logits - self.prior * ((size - self.anchors) * self.num_loras).square() / 2
+        return logits
 
     def logits(self, encoding: torch.Tensor, noisy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        clean = self.net(encoding)
+        clean = self.clean_logits(encoding)
         if not noisy or self.noise == 0:
             return clean
         eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
@@ -114,7 +133,7 @@ class ShapeGate(nn.Module):
         return Route(index=index, weight=top.softmax(-1))
 
     def probabilities(self, encodings: torch.Tensor) -> torch.Tensor:
-        return self.net(encodings).softmax(-1)
+        return self.clean_logits(encodings).softmax(-1)
 
 
 def load_balancing_loss(probabilities: torch.Tensor, chosen: torch.Tensor, num_loras: int) -> torch.Tensor:
@@ -211,7 +230,7 @@ class SMoLModel(nn.Module):
                     continue
                 name = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}.get(role, f"{role}_proj")
                 setattr(parents[role], name, SMoLLinear(linear, config, self.holder))
-        self.gate = ShapeGate(config.num_loras, config.top_k, config.noise)
+        self.gate = ShapeGate(config.num_loras, config.top_k, config.noise, prior=config.prior)
         self.gate.to(next(base.parameters()).device)
 
     def smol_layers(self) -> list[tuple[str, SMoLLinear]]:

@@ -100,18 +100,15 @@ def decoder_rows(
     """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth.
 
     Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
-    is their median (see `validate.subnet_instances` for why one allocation is not enough).
+    is their median (see `Runtime.instances` for why one allocation is not enough).
     """
     count = settings.get("instances", 1)
-
-    def stacks(h: int, f: int) -> list[nn.Module]:
-        first = ctx.runtime.prepare_model(stack_model(model, h, f))
-        if ctx.runtime.copies_weights:
-            return [first] * count
-        return [first, *(ctx.runtime.prepare_model(stack_model(model, h, f)) for _ in range(count - 1))]
-
     # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
-    programs = [stack_program(stack, point, ctx) for h, f in widths for stack in stacks(h, f)]
+    programs = [
+        stack_program(stack, point, ctx)
+        for h, f in widths
+        for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
+    ]
     stats = timing.measure_interleaved(
         programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
     )

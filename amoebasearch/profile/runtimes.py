@@ -49,6 +49,19 @@ class Runtime:
     def program(self, module: nn.Module, example: tuple) -> Program:
         raise NotImplementedError
 
+    def instances(self, build: Callable[[], nn.Module], count: int) -> list[nn.Module]:
+        """``count`` independently allocated copies of the module ``build()`` makes, prepared.
+
+        Where a program's weights land in memory changes its speed (identical ONNX Runtime decode
+        sessions on a shared CPU differ by up to 7 %), so a latency is the median over copies. A
+        runtime that copies weights gets the one module ``count`` times (each program of it is
+        its own allocation); PyTorch runtimes get ``count`` fresh builds.
+        """
+        first = self.prepare_model(build())
+        if self.copies_weights:
+            return [first] * count
+        return [first, *(self.prepare_model(build()) for _ in range(count - 1))]
+
     def settings(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -117,7 +130,7 @@ class OnnxRuntime(Runtime):
 
     Exports are remembered per (module type, parameters, input shapes) while those parameters
     live, so a second program of the same weights (another independently allocated instance, see
-    `validate.subnet_instances`) costs a session, not an export.
+    `Runtime.instances`) costs a session, not an export.
     """
 
     name = "onnxruntime"

@@ -185,19 +185,9 @@ def measure_group(programs, sentinel_and_history, clock, warmup: int, repeats: i
 
 
 def subnet_instances(model: nn.Module, shape: Shape, ctx: Context, count: int) -> list[nn.Module]:
-    """``count`` independently allocated copies of one extracted subnet, prepared for the runtime.
-
-    Where a program's weights land in memory changes its speed: identical ONNX Runtime sessions
-    of one subnet, timed interleaved on this CPU, differ by up to 7 %, and single sessions by up
-    to 25 %. A subnet's latency is therefore the median over instances. A runtime that copies the
-    weights (ONNX Runtime: every program is a session of its own) gets one module ``count`` times;
-    PyTorch runtimes get fresh extractions.
-    """
-    build = lambda: ctx.runtime.prepare_model(share_embeddings(extract(model, shape), model))  # noqa: E731
-    first = build()
-    if ctx.runtime.copies_weights:
-        return [first] * count
-    return [first, *(build() for _ in range(count - 1))]
+    """``count`` independently allocated copies of one extracted subnet (see `Runtime.instances`);
+    on this CPU single ONNX Runtime sessions of one subnet measured up to 25 % apart."""
+    return ctx.runtime.instances(lambda: share_embeddings(extract(model, shape), model), count)
 
 
 def validate_table(

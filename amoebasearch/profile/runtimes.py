@@ -53,7 +53,7 @@ class Runtime:
         """``count`` independently allocated copies of the module ``build()`` makes, prepared.
 
         Where a program's weights land in memory changes its speed (identical ONNX Runtime decode
-        sessions on a shared CPU differ by up to 7 %), so a latency is the median over copies. A
+        sessions on a shared CPU differ by 4-8 %), so a latency is the median over copies. A
         runtime that copies weights gets the one module ``count`` times (each program of it is
         its own allocation); PyTorch runtimes get ``count`` fresh builds.
         """

@@ -104,10 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate:
         return run_estimate(args)
     from amoebasearch.profile import profiler
-    from amoebasearch.profile.timing import fix_malloc_thresholds, measurement_threads
+    from amoebasearch.profile.timing import measurement_threads
 
     device = check_device(args.device)
-    fix_malloc_thresholds()
     with measurement_threads(device, args.threads or profiler.default_threads(device)) as pinned:
         return measure(args, device, pinned)
 
@@ -119,13 +118,14 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     from amoebasearch.models import load, load_config
     from amoebasearch.profile import profiler
     from amoebasearch.profile.runtimes import get_runtime
-    from amoebasearch.profile.timing import malloc_policy
+    from amoebasearch.profile.timing import fix_malloc_thresholds
 
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
     runtime = get_runtime(args.runtime, device, dtype)
     config = load_config(args.model)
     points = profiler.grid(args.phases, args.batch, args.context)
+    malloc = fix_malloc_thresholds()  # before the model and every program allocate
     loaded = load(args.model, dtype=dtype)
     model = loaded.model.to(device)
     settings = {
@@ -135,7 +135,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
         "seed": args.seed,
         "pinned": pinned,
         "instances": args.instances,
-        "malloc": malloc_policy(),
+        "malloc": malloc,
     }
     table = profiler.open_table(
         args.out, loaded.name, config, runtime, device, dtype_name, points, settings, args.resume

@@ -102,7 +102,7 @@ def decoder_rows(
     Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
     is their median (see `Runtime.instances` for why one allocation is not enough).
     """
-    count = settings.get("instances", 1)
+    count = settings["instances"]
     # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
     programs = [
         stack_program(stack, point, ctx)

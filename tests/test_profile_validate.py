@@ -73,6 +73,8 @@ def test_profile_and_validate_tiny_end_to_end(tmp_path):
             "64",
             "--repeats",
             "20",
+            "--pause",
+            "0",
         ]
     )
     assert code == 0
@@ -186,7 +188,7 @@ def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_p
     table = LatencyTable(pd.DataFrame(rows), {"model": {"dims": {}}, "settings": {}}, tmp_path / "t.csv")
     calls = []
 
-    def scripted(programs, sentinel_and_history, clock, warmup, repeats, tolerance):
+    def scripted(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s):
         group_no = len(calls)
         calls.append(group_no)
         ratio = {1: 1.04, 3: 1.005}.get(group_no, 1.0)  # call 1 = group 1, call 3 = its second pass
@@ -221,3 +223,14 @@ def test_resume_rebuilds_the_sentinel_history_one_value_per_group():
     history = []
     restore_sentinel_history(rows, {point: (None, history, 100.0)}, group=4)
     assert history == pytest.approx([110.0, 120.0])
+
+
+def test_retries_wait_longer_each_time(monkeypatch):
+    from amoebasearch.profile import validate
+
+    slept = []
+    monkeypatch.setattr(validate.time, "sleep", slept.append)
+    noop = (lambda x: None, lambda: None, None)
+    off = [10.0, 150.0] * 20 * validate.MAX_ATTEMPTS  # the sentinel 50 % slow in every attempt
+    validate.measure_group([noop], (noop, [100.0], 100.0), ScriptedClock(off), 0, 20, 0.03, pause_s=5.0)
+    assert slept == [5.0, 10.0, 20.0, 40.0][: validate.MAX_ATTEMPTS - 1]

@@ -61,6 +61,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="independently allocated copies timed per block width and per validation subnet; "
         "a latency is their median (default 3)",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="validation: wait this long (doubling) before re-timing a group measured while the host was "
+        "disturbed (default 10; 0 retries at once)",
+    )
     parser.add_argument("--ffn-step", type=positive_int, default=64, help="FFN width granularity (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs and validation subnets")
     parser.set_defaults(run=run)
@@ -78,8 +86,8 @@ def check_grid(args: argparse.Namespace) -> None:
         raise UsageError("--batch and --context values must be positive")
     if args.repeats < 20:
         raise UsageError(f"--repeats {args.repeats} is too few for stable medians: use at least 20")
-    if args.validate < 0 or args.calibrate < 0:
-        raise UsageError("--validate and --calibrate must not be negative")
+    if args.validate < 0 or args.calibrate < 0 or args.pause < 0:
+        raise UsageError("--validate, --calibrate and --pause must not be negative")
 
 
 def check_device(device: str) -> str:
@@ -175,6 +183,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 repeats=args.repeats,
                 instances=args.instances,
                 resume=args.resume,
+                pause_s=args.pause,
                 progress=bar.update,
             )
         for r in stats.to_dict("records"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                 "uncalibrated_mape_pct": float(uncalibrated.mean()),
                 # how far apart independently allocated copies of one subnet ran (1.0 = one copy)
                 "instance_spread_median": float(group.get("instance_spread", pd.Series([1.0])).fillna(1.0).median()),
+                # subnets timed while the host stayed off (rerun `--resume` on a calm host to redo them)
+                "disturbed": int(sum(disturbed(r) for r in group.to_dict("records"))),
             }
         )
     return pd.DataFrame(out)
@@ -153,12 +156,16 @@ def sentinel(model: nn.Module, table: LatencyTable, ctx: Context, point: Point):
     return model_program(stack, point, ctx), [], table_us
 
 
-def measure_group(programs, sentinel_and_history, clock, warmup: int, repeats: int, tolerance: float):
+def measure_group(
+    programs, sentinel_and_history, clock, warmup: int, repeats: int, tolerance: float, pause_s: float = 0.0
+):
     """Time ``programs`` plus the sentinel, interleaved; retry while the sentinel is off its usual value.
 
     The sentinel's usual value is the median of its timings in the groups accepted so far (the
     first group sets it): a group measured while a neighbour hammered the host stands out
     against it. Shifts between profiling and validation time are the calibration's job.
+    Before each retry the harness sleeps ``pause_s``, doubling every time (a neighbour's burst
+    on this VM lasted minutes: back-to-back retries only measured it again).
     Returns the stats of the attempt whose sentinel was closest (every
     attempt is a complete, real measurement of all programs) and what the check saw.
     """
@@ -174,6 +181,8 @@ def measure_group(programs, sentinel_and_history, clock, warmup: int, repeats: i
             best = (stats, ratio, attempt, check.median_us)
         if abs(ratio - 1) <= tolerance:
             break
+        if pause_s > 0 and attempt < MAX_ATTEMPTS:
+            time.sleep(pause_s * 2 ** (attempt - 1))
     stats, ratio, chosen, sentinel_us = best
     history.append(sentinel_us)
     return stats, {
@@ -182,6 +191,12 @@ def measure_group(programs, sentinel_and_history, clock, warmup: int, repeats: i
         "attempts": attempt,
         "chosen_attempt": chosen,
     }
+
+
+def disturbed(check: dict[str, Any], tolerance: float = 0.02) -> bool:
+    """Whether a group's (or a row's) sentinel stayed more than ``tolerance`` off its usual value."""
+    ratio = check.get("sentinel_ratio")
+    return ratio is not None and pd.notna(ratio) and abs(float(ratio) - 1) > tolerance
 
 
 def closer_attempt(first: tuple[list, dict], second: tuple[list, dict]) -> tuple[list, dict]:
@@ -233,6 +248,7 @@ def validate_table(
     group: int = 4,
     instances: int = 3,
     tolerance: float = 0.02,
+    pause_s: float = 0.0,
     progress: Callable[[int], Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure ``calibrate + n`` seeded subnets end to end; fit calibration; return (rows, summary).
@@ -241,7 +257,8 @@ def validate_table(
     (`subnet_instances`), all round-robin, so drift hits a group's members alike.
     A sentinel (a fixed full-width reference subnet) runs in every group; when it is more than
     ``tolerance`` off its usual value, the machine was disturbed (a noisy neighbour on a shared
-    host) and the group is measured again, up to `MAX_ATTEMPTS` times (see `measure_group`). A
+    host) and the group is measured again, up to `MAX_ATTEMPTS` times, ``pause_s`` apart and
+    doubling (see `measure_group`). A
     group still off after that is postponed: measured once more, from fresh copies, after every
     other group, and the pass whose sentinel was closer is kept (a disturbance lasting minutes
     then costs a later retry instead of a group of misses).
@@ -255,7 +272,8 @@ def validate_table(
     lookup = build_lookup(table, calibrated=False)
     rows: list[dict[str, Any]] = []
     if resume and out is not None and out.is_file():
-        rows = pd.read_csv(out).to_dict("records")
+        # rows timed while the host stayed disturbed are not finished: measure them again now
+        rows = [r for r in pd.read_csv(out).to_dict("records") if not disturbed(r, tolerance)]
     finished = {(r["subnet"], r["phase"], r["batch"], r["context"]) for r in rows}
     clock = timing.clock_for(ctx.device)
     sentinels = {p: sentinel(model, table, ctx, p) for p in points}
@@ -266,7 +284,7 @@ def validate_table(
         results = {}
         for point in todo:
             programs = [model_program(subnet, point, ctx) for subnets in copies for subnet in subnets]
-            results[point] = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance)
+            results[point] = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s)
             del programs  # one point's sessions at a time: ONNX Runtime copies every weight
         return results
 
@@ -286,7 +304,7 @@ def validate_table(
         todo = [p for p in points if any((i, p.phase, p.batch, p.context) not in finished for i in members)]
         if todo:
             results = measure_members(members, todo)
-            if any(abs(check["sentinel_ratio"] - 1) > tolerance for _, check in results.values()):
+            if any(disturbed(check, tolerance) for _, check in results.values()):
                 postponed.append((members, results))  # the host was off all along: try again at the end
             else:
                 record(members, results)

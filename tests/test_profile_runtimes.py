@@ -78,6 +78,7 @@ def test_cpu_fingerprint_and_slug():
     assert fingerprint["threads_used"] == torch.get_num_threads()
     assert device_slug({"kind": "cpu", "name": "AMD EPYC 9654 96-Core"}) == "cpu-amd-epyc-9654-96-core"
     assert device_slug({"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+    assert device_slug({"kind": "cpu", "name": "Intel(R) Xeon(R) Processor"}) == "cpu-intel-xeon-processor"
     assert library_versions()["torch"]
 
 

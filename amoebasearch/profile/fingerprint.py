@@ -124,8 +124,11 @@ def device_fingerprint(device: str) -> dict[str, Any]:
 
 
 def device_slug(fingerprint: dict[str, Any]) -> str:
-    """A file-name-safe device name, e.g. ``nvidia-h100-80gb-hbm3`` or ``cpu-amd-epyc``."""
+    """A file-name-safe device name, e.g. ``nvidia-h100-80gb-hbm3`` or ``cpu-intel-xeon-processor``
+    (trademark marks such as ``(R)`` dropped)."""
     name = str(fingerprint.get("name", "unknown")).lower()
+    for mark in ("(r)", "(tm)"):
+        name = name.replace(mark, " ")
     if fingerprint.get("kind") == "cpu" and not name.startswith("cpu"):
         name = f"cpu-{name}"
     slug = "".join(ch if ch.isalnum() else "-" for ch in name)

@@ -6,11 +6,16 @@ balancing), --no-smol, --no-balance, --no-distill, all with the same steps, data
 
     python benchmarks/finetune_ablation.py                  # CPU-sized: 12 steps, seq 64, batch 2, lr 1e-3
     python benchmarks/finetune_ablation.py --steps 2000 --seq-len 256 --batch 8 --rank 64 --lr 2e-4 --heldout 64
+    python benchmarks/finetune_ablation.py --steps 150 --seeds 0,1 --tag -150 --resume   # several seeds, resumable
 
 The CPU defaults are cut to fit ~15 minutes of a 2-core CPU; the larger learning rate makes a
 12-step run move at all (the paper's 2e-4 is meant for 10K steps).
 
-Writes benchmarks/results/finetune_ablation.csv, .png and .json (settings, timing, fingerprint).
+Per-shape perplexities are geometric means over ``--seeds``; the summary says, per variant, whether
+its geometric mean over shapes is lower than each other variant's and in how many seeds.
+
+Writes benchmarks/results/finetune_ablation.csv, .png and .json (settings, timing, fingerprint);
+``.partial.json`` keeps finished runs so ``--resume`` continues an interrupted benchmark.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amoebasearch import models
+from amoebasearch import atomic, models
 from amoebasearch.planfile import Plan
 from amoebasearch.shape import Shape, ShapeSpace
 from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
@@ -39,6 +44,8 @@ VARIANTS = {
     "no-smol": dict(smol=False, distill=True, balance=True),
     "no-balance": dict(smol=True, distill=True, balance=False),
     "no-distill": dict(smol=True, distill=False, balance=True),
+    # the paper's routed-only SMoL (no shared LoRA), everything else as "full"
+    "no-shared": dict(smol=True, distill=True, balance=True, shared=False),
 }
 # (depth, heads, ffn) for SmolLM2-135M: largest, smallest and six shapes in between.
 SHAPES = [
@@ -89,7 +96,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=12, help="held-out sequences for perplexity")
     parser.add_argument("--ffn-step", type=int, default=192)
     parser.add_argument("--min-depth", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (data order, shapes, init)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished (variant, seed) runs of --tag")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. -gpu)")
@@ -112,7 +120,7 @@ def main() -> None:
         f"of <= {args.seq_len} tokens"
     )
 
-    def fresh(smol: bool) -> SMoLModel:
+    def fresh(smol: bool, shared: bool, seed: int) -> SMoLModel:
         """A clean base model (SMoL wraps layers in place, so each variant reloads) with new adapters."""
         model = models.load(args.model).model.to(device)
         config = SMoLConfig(
@@ -122,90 +130,98 @@ def main() -> None:
             alpha=2.0 * args.rank,
             noise=args.gate_noise,
             prior=args.gate_prior,
+            shared=shared,
         )
-        torch.manual_seed(args.seed)  # same LoRA init for every variant
+        torch.manual_seed(seed)  # same LoRA init for every variant of a seed
         return SMoLModel(model, config, plan.ordering)
 
-    rows, timing = [], {}
-    model = fresh(True)
-    started = time.perf_counter()
-    before = {str(s): perplexity(model, s, heldout, pad_id=pad) for s in shapes}
-    eval_seconds = time.perf_counter() - started
-    for shape in shapes:
-        rows.append(
-            {
-                "variant": "before",
-                "shape": str(shape),
-                "depth": shape.depth,
-                "heads": shape.heads,
-                "ffn": shape.ffn,
-                "ppl": before[str(shape)],
-            }
-        )
-    print(f"before fine-tuning: evaluated {len(shapes)} shapes in {eval_seconds:.0f}s")
-    del model
-    for name in args.variants.split(","):
-        spec = VARIANTS[name]
-        model = fresh(spec["smol"])
-        loop = TrainConfig(
-            steps=args.steps,
-            lr=args.lr,
-            batch=args.batch,
-            sandwich=args.sandwich,
-            seed=args.seed,
-            save_every=args.steps,
-            distill=spec["distill"],
-            balance=spec["balance"],
-        )
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"ablation-{name}-") as out:
-            history = train(model, space, train_set, loop, out, pad_id=pad, progress=False)
-            seconds = time.perf_counter() - started
-            log = pd.read_csv(Path(out) / "train_log.csv")
-        tokens = int(log.groupby("step")["tokens"].first().sum())
-        timing[name] = {
-            "train_seconds": round(seconds, 1),
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1),
-            "subnet_tokens_per_s": round(tokens * args.sandwich / seconds, 1),
-            "first_losses": history[0],
-            "final_losses": history[-1],
-        }
-        for shape in shapes:
-            ppl = perplexity(model, shape, heldout, pad_id=pad)
-            rows.append(
-                {
-                    "variant": name,
-                    "shape": str(shape),
-                    "depth": shape.depth,
-                    "heads": shape.heads,
-                    "ffn": shape.ffn,
-                    "ppl": ppl,
-                }
-            )
-        print(
-            f"{name}: {args.steps} steps in {seconds:.0f}s ({tokens / seconds:.0f} tokens/s), "
-            f"largest loss {history[0][0]:.3f} -> {history[-1][0]:.3f}"
-        )
+    def shape_rows(variant: str, seed: int | None, ppl: dict[str, float]) -> list[dict]:
+        return [
+            {"variant": variant, "seed": seed, "shape": str(s), "depth": s.depth, "heads": s.heads, "ffn": s.ffn}
+            | {"ppl": ppl[str(s)]}
+            for s in shapes
+        ]
 
-    table = pd.DataFrame(rows)
-    wide = table.pivot(index="shape", columns="variant", values="ppl").reindex([str(s) for s in shapes])
-    wide = wide[["before"] + [v for v in args.variants.split(",")]]
-    per_shape = wide.copy()
-    wide.loc["mean"] = per_shape.mean()
-    wide.loc["geomean"] = np.exp(np.log(per_shape).mean())  # the mean is dominated by the worst shape
-    print(wide.round(2).to_string())
-    summary = {}
-    for variant in wide.columns.drop("before"):
-        improved = int((per_shape[variant] < per_shape["before"]).sum())
-        beats = {
-            other: bool(wide.loc["geomean", variant] < wide.loc["geomean", other])
-            for other in wide.columns.drop(["before", variant])
-        }
-        summary[variant] = {"shapes_improved": f"{improved}/{len(per_shape)}", "geomean_beats": beats}
-        print(f"{variant}: improves {improved}/{len(per_shape)} shapes; lower geomean than {beats}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"finetune_ablation{args.tag}"
+    variants = args.variants.split(",")
+    seeds = [int(x) for x in str(args.seeds).split(",")]
+    partial = Path(f"{stem}.partial.json")  # finished (variant, seed) runs, so an interrupted run resumes
+    done = json.loads(partial.read_text()) if args.resume and partial.is_file() else {"rows": [], "timing": {}}
+    rows, timing = done["rows"], done["timing"]
+    finished = {(r["variant"], r["seed"]) for r in rows}
+    if ("before", None) not in finished:
+        model = fresh(True, True, seeds[0])  # B = 0: the adapter leaves every shape as the plan made it
+        started = time.perf_counter()
+        rows += shape_rows("before", None, {str(s): perplexity(model, s, heldout, pad_id=pad) for s in shapes})
+        print(f"before fine-tuning: evaluated {len(shapes)} shapes in {time.perf_counter() - started:.0f}s")
+        del model
+    for seed in seeds:
+        for name in variants:
+            if (name, seed) in finished:
+                continue
+            spec = VARIANTS[name]
+            model = fresh(spec["smol"], spec.get("shared", True), seed)
+            loop = TrainConfig(
+                steps=args.steps,
+                lr=args.lr,
+                batch=args.batch,
+                sandwich=args.sandwich,
+                seed=seed,
+                save_every=args.steps,
+                distill=spec["distill"],
+                balance=spec["balance"],
+            )
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix=f"ablation-{name}-") as out:
+                history = train(model, space, train_set, loop, out, pad_id=pad, progress=False)
+                seconds = time.perf_counter() - started
+                log = pd.read_csv(Path(out) / "train_log.csv")
+            tokens = int(log.groupby("step")["tokens"].first().sum())
+            timing[f"{name}/seed{seed}"] = {
+                "train_seconds": round(seconds, 1),
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+                "subnet_tokens_per_s": round(tokens * args.sandwich / seconds, 1),
+                "first_losses": history[0],
+                "final_losses": history[-1],
+            }
+            rows += shape_rows(name, seed, {str(s): perplexity(model, s, heldout, pad_id=pad) for s in shapes})
+            atomic.write_json(partial, {"rows": rows, "timing": timing})
+            print(
+                f"{name} seed {seed}: {args.steps} steps in {seconds:.0f}s ({tokens / seconds:.0f} tokens/s), "
+                f"largest loss {history[0][0]:.3f} -> {history[-1][0]:.3f}"
+            )
+            del model
+
+    table = pd.DataFrame(rows)
+    before = table[table["variant"] == "before"].set_index("shape")["ppl"]
+    trained = table[table["variant"] != "before"]
+    order = [str(s) for s in shapes]
+    # per seed: geometric mean over shapes (the arithmetic mean is dominated by the worst shape)
+    geomean = trained.groupby(["variant", "seed"])["ppl"].apply(lambda p: float(np.exp(np.log(p).mean())))
+    geomean = geomean.unstack("seed")[seeds].reindex(variants)
+    per_shape = trained.groupby(["shape", "variant"])["ppl"].apply(lambda p: float(np.exp(np.log(p).mean())))
+    wide = per_shape.unstack("variant").reindex(order)[variants]
+    wide.insert(0, "before", before.reindex(order))
+    wide.loc["geomean"] = np.exp(np.log(wide.loc[order]).mean())
+    print(f"held-out perplexity (geometric mean over seeds {seeds}):")
+    print(wide.round(2).to_string())
+    print("geometric mean over shapes, per seed:")
+    print(geomean.round(2).to_string())
+    summary = {}
+    for variant in variants:
+        improved = int((wide.loc[order, variant] < wide.loc[order, "before"]).sum())
+        beats = {other: bool(wide.loc["geomean", variant] < wide.loc["geomean", other]) for other in variants}
+        beats.pop(variant)
+        seeds_won = {other: int((geomean.loc[variant] < geomean.loc[other]).sum()) for other in beats}
+        summary[variant] = {
+            "shapes_improved": f"{improved}/{len(order)}",
+            "geomean": round(float(wide.loc["geomean", variant]), 3),
+            "geomean_beats": beats,
+            "seeds_won": {k: f"{v}/{len(seeds)}" for k, v in seeds_won.items()},
+        }
+        print(f"{variant}: improves {improved}/{len(order)} shapes; lower geomean than {beats}; seeds won {seeds_won}")
     table.to_csv(f"{stem}.csv", index=False)
     meta = {
         "settings": vars(args),
@@ -218,9 +234,10 @@ def main() -> None:
         "smol_config": asdict(
             SMoLConfig(rank=args.rank, alpha=2.0 * args.rank, noise=args.gate_noise, prior=args.gate_prior)
         ),
+        "geomean_per_seed": {v: {str(k): round(float(x), 3) for k, x in geomean.loc[v].items()} for v in variants},
     }
-    (Path(f"{stem}.json")).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    plot(per_shape, f"{stem}.png", args, meta["machine"], f"{plan.depth_method}/{plan.width_method}")
+    atomic.write_text(Path(f"{stem}.json"), json.dumps(meta, indent=1, default=str) + "\n")
+    plot(wide.loc[order], f"{stem}.png", args, meta["machine"], f"{plan.depth_method}/{plan.width_method}")
     print(f"wrote {stem}.csv/.json/.png")
 
 

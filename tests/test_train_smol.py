@@ -49,8 +49,10 @@ def test_gate_depends_on_shape_and_selects_exactly_k():
     for shape in space:
         with torch.no_grad():
             route = smol.route(shape)
-        assert route.index.numel() == 2 and len(set(route.index.tolist())) == 2
-        assert torch.all(route.weight > 0) and float(route.weight.sum()) == pytest.approx(1.0)
+        routed = route.routed
+        assert routed.numel() == 2 and len(set(routed.tolist())) == 2 and 5 not in routed.tolist()
+        assert torch.all(route.weight > 0) and float(route.weight[:2].sum()) == pytest.approx(1.0)
+        assert route.index[-1] == 5 and float(route.weight[-1]) == 1.0  # the shared LoRA, in every route
         assert torch.equal(route.index, smol.route(shape).index)  # deterministic at inference
         routes[shape] = (tuple(route.index.tolist()), tuple(round(float(w), 5) for w in route.weight))
     assert len(set(routes.values())) > 1, "the gate gives every shape the same LoRAs and weights"
@@ -60,7 +62,7 @@ def test_noisy_gate_still_selects_k_and_explores():
     smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, noise=1.0, prior=0.0))
     shape = ShapeSpace(smol.dims).largest()
     torch.manual_seed(0)
-    picks = {tuple(sorted(smol.route(shape, noisy=True).index.tolist())) for _ in range(50)}
+    picks = {tuple(sorted(smol.route(shape, noisy=True).routed.tolist())) for _ in range(50)}
     assert all(len(p) == 2 for p in picks)
     assert len(picks) > 1, "noisy top-k never explored another pair"
 
@@ -72,11 +74,12 @@ def test_only_selected_loras_receive_gradients():
     logits = smol(shape, torch.randint(0, 97, (2, 8)), route=route)
     logits.square().mean().backward()
     chosen = set(route.index.tolist())
+    assert len(chosen) == 3 and 5 in chosen  # top-2 plus the shared LoRA
     for _, layer in smol.smol_layers():
         if layer.lora_A.grad is None:
             continue  # a layer the shape skips
         norms = layer.lora_A.grad.flatten(1).norm(dim=1)
-        assert {i for i in range(5) if norms[i] > 0} == chosen
+        assert {i for i in range(6) if norms[i] > 0} == chosen
     assert smol.gate.net[0].weight.grad is not None  # the gate learns through the mixture weights
     assert all(not p.requires_grad for n, p in smol.base.named_parameters() if "lora_" not in n)  # base frozen
 
@@ -143,8 +146,8 @@ def test_gate_prior_anchors_small_and_large_shapes_to_different_loras():
     smol = SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, prior=4.0))
     space = ShapeSpace(smol.dims, ffn_step=32)
     largest, smallest = space.largest(), space.smallest()
-    assert set(smol.route(largest).index.tolist()) == {3, 4}
-    assert 4 not in set(smol.route(smallest).index.tolist())
+    assert set(smol.route(largest).routed.tolist()) == {3, 4}
+    assert 4 not in set(smol.route(smallest).routed.tolist())
     probabilities = smol.gate.probabilities(torch.stack([shape_encoding(s, smol.dims) for s in (largest, smallest)]))
     assert probabilities[0, 4] > probabilities[1, 4] and probabilities[1, 0] > probabilities[0, 0]
 
@@ -153,6 +156,32 @@ def test_adapters_saved_before_the_gate_prior_load_without_it():
     from amoebasearch.errors import UsageError
 
     assert SMoLConfig.from_dict({"num_loras": 5, "top_k": 2, "rank": 4}).prior == 0.0
+    assert SMoLConfig.from_dict({"num_loras": 5, "top_k": 2, "rank": 4}).shared is False
+    assert SMoLConfig.from_dict(SMoLConfig(rank=4).to_dict()).shared is True
     assert SMoLConfig.from_dict(SMoLConfig(rank=4).to_dict()).prior == SMoLConfig.prior
     with pytest.raises(UsageError):
         SMoLConfig(prior=-1.0)
+
+
+def test_routed_only_mixture_selects_exactly_k_and_a_single_lora_is_not_doubled():
+    """``shared=False`` is the paper's mixture (k LoRAs, weights summing to 1); with one LoRA there
+    is nothing to share beside it, so --no-smol stays one plain LoRA."""
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, shared=False)))
+    with torch.no_grad():
+        route = smol.route(ShapeSpace(smol.dims).smallest())
+    assert route.index.numel() == 2 and not route.shared and torch.equal(route.routed, route.index)
+    assert float(route.weight.sum()) == pytest.approx(1.0)
+    assert all(layer.lora_A.shape[0] == 5 for _, layer in smol.smol_layers())
+    single = SMoLConfig(num_loras=1, top_k=1, rank=4)
+    assert single.shared is False and single.slots == 1
+
+
+def test_the_shared_lora_learns_from_every_shape():
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=1, rank=4, prior=4.0)))
+    space = ShapeSpace(smol.dims, ffn_step=32)
+    for shape in (space.largest(), space.smallest()):
+        smol.zero_grad(set_to_none=True)
+        smol(shape, torch.randint(0, 97, (1, 8))).square().mean().backward()
+        layer = dict(smol.smol_layers())["model.layers.0.self_attn.q_proj"]
+        norms = layer.lora_A.grad.flatten(1).norm(dim=1)
+        assert norms[5] > 0 and int((norms[:5] > 0).sum()) == 1

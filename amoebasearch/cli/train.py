@@ -59,6 +59,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of data order, shapes, noise (default 0)")
     parser.add_argument("--save-every", type=positive_int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--no-smol", action="store_true", help="ablation: one shared LoRA instead of the mixture")
+    parser.add_argument(
+        "--no-shared-lora",
+        action="store_true",
+        help="the paper's routed-only mixture: no LoRA that every shape uses beside its top-k",
+    )
     parser.add_argument("--no-balance", action="store_true", help="ablation: no loss-magnitude balancing")
     parser.add_argument("--no-distill", action="store_true", help="ablation: every subnet learns ground truth")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         noise=args.gate_noise,
         prior=args.gate_prior,
+        shared=not args.no_shared_lora,
     )
     loop = TrainConfig(
         steps=args.steps,

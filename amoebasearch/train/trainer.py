@@ -250,7 +250,7 @@ def _train_step(model, space, data, order, optimizer, config, step, pad_id, devi
             (loss / config.grad_accum).backward()
             if slot == 0:
                 teacher, reference = logits.detach(), raw
-            chosen.append(route.index)
+            chosen.append(route.routed)
             totals[slot] += float(raw) / config.grad_accum
             routes[slot] = route.index.tolist()
         if model.config.num_loras > 1 and model.config.balance_coef > 0:

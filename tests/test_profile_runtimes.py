@@ -1,5 +1,8 @@
 """Runtimes and measured programs on a tiny model: equal outputs, plug-ins refuse, CUDA paths skip."""
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -76,6 +79,9 @@ def test_cpu_fingerprint_and_slug():
     fingerprint = device_fingerprint("cpu")
     assert fingerprint == cpu_fingerprint()
     assert fingerprint["threads_used"] == torch.get_num_threads()
+    assert isinstance(fingerprint["isa"], list)  # vector extensions the kernels can use (may be empty)
+    if Path("/proc/cpuinfo").is_file() and platform.machine() == "x86_64":
+        assert fingerprint["family"] and fingerprint["model"]  # tells apart CPUs sharing a marketing name
     assert device_slug({"kind": "cpu", "name": "AMD EPYC 9654 96-Core"}) == "cpu-amd-epyc-9654-96-core"
     assert device_slug({"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
     assert device_slug({"kind": "cpu", "name": "Intel(R) Xeon(R) Processor"}) == "cpu-intel-xeon-processor"

@@ -3,7 +3,8 @@
 On NVIDIA GPUs the fingerprint comes from NVML (``pynvml``, shipped as ``nvidia-ml-py``): name,
 UUID, memory, driver and CUDA versions, current/max clocks, power limit and throttle reasons.
 Clocks and throttle reasons are sampled again after profiling, because a card that throttled
-mid-run produces a table that will not reproduce. On CPU we record the model name, the core
+mid-run produces a table that will not reproduce. On CPU we record the model name, family,
+model number, stepping and cache size, the vector extensions the kernels can use, the core
 count and the threads torch used.
 """
 
@@ -28,26 +29,44 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model_name() -> str:
+# the /proc/cpuinfo fields that tell two CPUs with one marketing name apart (a VM often shows
+# only "Intel(R) Xeon(R) Processor"), and the vector extensions the kernels pick from
+CPUINFO_FIELDS = {"cpu family": "family", "model": "model", "stepping": "stepping", "cache size": "cache"}
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "sve")
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model_name() -> str:
+    return cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_fingerprint() -> dict[str, Any]:
     import torch
 
+    info = cpuinfo()
+    flags = set(info.get("flags", info.get("Features", "")).split())
     return {
         "kind": "cpu",
         "name": cpu_model_name(),
         "cores": os.cpu_count(),
         "threads_used": torch.get_num_threads(),
         "machine": platform.machine(),
+        **{ours: info[theirs] for theirs, ours in CPUINFO_FIELDS.items() if theirs in info},
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
     }
 
 

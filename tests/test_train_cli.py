@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -87,6 +88,7 @@ def test_train_then_export_merged_subnet(setup, capsys):
         (["--min-depth", "9"], "min-depth"),
         (["--lr", "0"], "must be positive"),
         (["--steps", "zero"], "not a whole number"),
+        (["--device", "tpu"], "unknown device"),
     ],
 )
 def test_bad_train_inputs_exit_2_with_one_line(setup, capsys, extra, message):
@@ -115,3 +117,42 @@ def test_export_from_a_non_supernet_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "not a supernet directory" in err and err.count("\n") == 1
+
+
+def test_torchrun_workers_take_the_step_one_process_takes_with_their_accumulation(setup):
+    """Two Gloo processes under torchrun (what ``accelerate launch`` starts too), each a slice of
+    every step, end with the adapter one process trains with --grad-accum 2 (no gate noise, so
+    both draw the same routes); only rank 0 writes the supernet directory and the log."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model, data, tmp = setup
+    common = ["--steps", "3", "--gate-noise", "0", "--device", "cpu"]
+    assert main(train_args(model, data, tmp / "one", *common, "--grad-accum", "2")) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={port}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launcher, "-m", "amoebasearch", *train_args(model, data, tmp / "two", *common)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("supernet written to") == 1  # rank 0 alone reports (and writes)
+    one, two = load_file(str(tmp / "one" / "smol.safetensors")), load_file(str(tmp / "two" / "smol.safetensors"))
+    assert set(one) == set(two)
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+    assert any(one[k].abs().sum() > 0 for k in one if k.endswith("lora_B")), "nothing was trained"
+    logs = [list(csv.DictReader((tmp / run / "train_log.csv").open())) for run in ("one", "two")]
+    assert len(logs[0]) == len(logs[1]) == 3 * 4  # 3 steps x 4 sandwich shapes, written once
+    for a, b in zip(*logs, strict=True):
+        assert (a["step"], a["depth"], a["loras"], a["tokens"]) == (b["step"], b["depth"], b["loras"], b["tokens"])
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-4)

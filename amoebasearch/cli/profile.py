@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from amoebasearch.cli.common import add_model_argument, positive_int
+from amoebasearch.cli.common import add_model_argument, check_device, positive_int
 from amoebasearch.errors import UsageError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -88,23 +88,6 @@ def check_grid(args: argparse.Namespace) -> None:
         raise UsageError(f"--repeats {args.repeats} is too few for stable medians: use at least 20")
     if args.validate < 0 or args.calibrate < 0 or args.pause < 0:
         raise UsageError("--validate, --calibrate and --pause must not be negative")
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        index = device.split(":", 1)[1] if ":" in device else "0"
-        if not index.isdigit():
-            raise UsageError(f"--device {device}: write cuda:N with a number N")
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
-        if int(index) >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return f"cuda:{index}"
-    raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:

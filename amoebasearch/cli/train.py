@@ -1,14 +1,16 @@
 """`amoebasearch train`: one-for-all fine-tuning of the supernet (SMoL + in-place distillation).
 
-Thin shell over `amoebasearch.train.train_supernet`. Multi-GPU data parallelism is not wired in:
-run it as one process (``accelerate launch`` would train independent copies).
+Thin shell over `amoebasearch.train.train_supernet`. Data parallel on several GPUs:
+``torchrun --nproc-per-node N -m amoebasearch train ...`` (or ``accelerate launch --multi_gpu -m
+amoebasearch train ...``): each process trains a slice of every step; rank 0 writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, check_device, positive_int
 
 
 def positive_float(text: str) -> float:
@@ -66,6 +68,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-balance", action="store_true", help="ablation: no loss-magnitude balancing")
     parser.add_argument("--no-distill", action="store_true", help="ablation: every subnet learns ground truth")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available; under torchrun, LOCAL_RANK)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         ffn_step=args.ffn_step,
         resume=args.resume,
         progress=not args.quiet,
+        device=check_device(args.device) if args.device else None,
     )
-    print(f"supernet written to {out} ({args.steps} steps; log in {out / 'train_log.csv'})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"supernet written to {out} ({args.steps} steps; log in {out / 'train_log.csv'})")
     return 0

@@ -27,6 +27,7 @@ from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 from amoebasearch.train import instruct
 from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
 from amoebasearch.train.trainer import TrainConfig, train
+from amoebasearch.train.workers import Workers
 
 SUPERNET_FORMAT = 1
 
@@ -63,13 +64,19 @@ def train_supernet(
     ffn_step: int = 64,
     resume: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> Path:
     """`amoebasearch train` as a function: load, attach SMoL, fine-tune, write the supernet directory.
 
     ``min_depth`` defaults to half the model's layers: deeper cuts lose too much to recover with
-    LoRA, and every shape trained costs capacity the useful ones share.
+    LoRA, and every shape trained costs capacity the useful ones share. ``device`` defaults to the
+    first GPU when there is one; under ``torchrun`` / ``accelerate launch`` each process takes its
+    ``LOCAL_RANK``'s GPU and trains a slice of every step (see `workers.py`).
     """
     out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory")
@@ -77,6 +84,8 @@ def train_supernet(
         raise UsageError(f"--out {out} is not empty: pass --resume to continue it, or choose a new directory")
     if resume and not (out / "base.json").is_file():
         raise UsageError(f"--resume: {out} is not a supernet directory (no base.json)")
+    workers, device = Workers.from_environment(device)
+    workers.barrier()  # every process has checked --out before rank 0 writes into it
     examples = instruct.read_examples(data, max_examples)  # cheap checks before the (slow) weight load
     config = load_config(model)
     dims = ModelDims.from_config(config)
@@ -108,13 +117,16 @@ def train_supernet(
         previous = json.loads((out / "train_config.json").read_text())
         if {k: v for k, v in previous.items() if k != "train"} != {k: v for k, v in extra.items() if k != "train"}:
             raise UsageError("--resume: data or --seq-len differ from the run being resumed; keep them equal")
-    else:
+    elif workers.main:
         reference = model if model in EMBEDDED_MODELS else str(Path(model).resolve())
         write_header(out, reference, config, plan_obj, space, extra)
-    smol_model = SMoLModel(loaded.model, smol, plan_obj.ordering)
+    torch.manual_seed(loop.seed)  # the same LoRA initialisation in every process
+    smol_model = SMoLModel(loaded.model.to(device), smol, plan_obj.ordering)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress)
-    smol_model.save_adapter(out)
+    train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress, workers=workers)
+    if workers.main:
+        smol_model.save_adapter(out)
+    workers.barrier()
     return out
 
 

@@ -5,8 +5,9 @@ Every random choice of step ``n`` (the sampled shapes, gate noise, LoRA dropout)
 number, the adapter and the optimizer moments to continue bit-for-bit. Checkpoints are
 safetensors + JSON written into a temp directory and renamed, so a killed run keeps the last one.
 
-Multi-GPU: the loop is single-process. ``accelerate launch`` / ``torchrun`` are not wired in yet
-(each process would train its own copy); run one process per GPU only for separate runs.
+Multi-GPU: under ``torchrun`` / ``accelerate launch`` every process trains on its own slice of
+each step's sequences and the gradients are averaged (see `workers.py`); rank 0 alone writes the
+log and the checkpoints, which every process reads on ``--resume`` (a shared file system).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from amoebasearch.shape import ShapeSpace
 from amoebasearch.train.distill import sandwich, subnet_losses
 from amoebasearch.train.instruct import Tokenised, collate
 from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
+from amoebasearch.train.workers import SINGLE, Workers
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.csv"
@@ -160,14 +162,18 @@ def train(
     pad_id: int = 0,
     progress: bool = True,
     on_step: Callable[[int, list[float]], None] | None = None,
+    workers: Workers = SINGLE,
 ) -> list[list[float]]:
     """Fine-tune ``model`` for ``config.steps`` optimizer steps; return each step's raw losses per
-    sampled shape (largest first). Writes ``train_log.csv`` and ``checkpoint/`` into ``out_dir``.
+    sampled shape (largest first), averaged over ``workers``. Writes ``train_log.csv`` and
+    ``checkpoint/`` into ``out_dir`` (rank 0 only).
     """
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if workers.main:
+        out.mkdir(parents=True, exist_ok=True)
+    workers.barrier()
     checkpoint, log_path = out / CHECKPOINT_DIR, out / LOG_FILE
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, config)
@@ -179,55 +185,72 @@ def train(
         if not config.resumable_with(TrainConfig(**saved["train"])):
             raise UsageError(f"--resume: the settings differ from the checkpoint's {saved['train']}; keep them equal")
         start = load_checkpoint(checkpoint, model, optimizer)["step"]
-        _truncate_log(log_path, start)
-    elif log_path.exists():
+        if workers.main:
+            _truncate_log(log_path, start)
+    elif log_path.exists() and workers.main:
         log_path.unlink()
+    workers.barrier()  # nobody reads the checkpoint while rank 0 still trims the log
+    if len(data) < workers.world * config.batch:
+        raise UsageError(
+            f"{len(data)} sequences cannot fill a micro-batch of {config.batch} on each of {workers.world} workers"
+        )
     order = DataOrder(len(data), config.seed)
     history: list[list[float]] = []
-    new_log = not log_path.is_file()
-    log = log_path.open("a", newline="")
-    writer = csv.DictWriter(log, fieldnames=LOG_FIELDS)
-    if new_log:
-        writer.writeheader()
+    log = writer = None
+    if workers.main:
+        new_log = not log_path.is_file()
+        log = log_path.open("a", newline="")
+        writer = csv.DictWriter(log, fieldnames=LOG_FIELDS)
+        if new_log:
+            writer.writeheader()
     model.train()
     started = time.perf_counter()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, unit="step")
+    visible = progress and workers.main
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not visible, unit="step")
     try:
         for step in bar:
             shapes, losses, routes, tokens = _train_step(
-                model, space, data, order, optimizer, config, step, pad_id, device
+                model, space, data, order, optimizer, config, step, pad_id, device, workers
             )
+            losses, tokens = workers.average(losses, device), int(workers.sum([tokens], device)[0])
             done = step + 1
-            elapsed = time.perf_counter() - started
-            for slot, (shape, loss, route) in enumerate(zip(shapes, losses, routes, strict=True)):
-                writer.writerow(
-                    {
-                        "step": done,
-                        "slot": slot_name(slot),
-                        "depth": shape.depth,
-                        "heads": shape.heads,
-                        "ffn": shape.ffn,
-                        "loras": "+".join(str(i) for i in route),
-                        "loss": f"{loss:.6f}",
-                        "tokens": tokens,
-                        "seconds": f"{elapsed:.3f}",
-                    }
-                )
-            log.flush()
             history.append(losses)
-            bar.set_postfix_str(" ".join(f"{slot_name(i, short=True)}={v:.3f}" for i, v in enumerate(losses)))
-            if done % config.save_every == 0 or done == config.steps:
-                save_checkpoint(checkpoint, model, optimizer, done, config)
+            if workers.main:
+                elapsed = time.perf_counter() - started
+                for slot, (shape, loss, route) in enumerate(zip(shapes, losses, routes, strict=True)):
+                    writer.writerow(
+                        {
+                            "step": done,
+                            "slot": slot_name(slot),
+                            "depth": shape.depth,
+                            "heads": shape.heads,
+                            "ffn": shape.ffn,
+                            "loras": "+".join(str(i) for i in route),
+                            "loss": f"{loss:.6f}",
+                            "tokens": tokens,
+                            "seconds": f"{elapsed:.3f}",
+                        }
+                    )
+                log.flush()
+                bar.set_postfix_str(" ".join(f"{slot_name(i, short=True)}={v:.3f}" for i, v in enumerate(losses)))
+                if done % config.save_every == 0 or done == config.steps:
+                    save_checkpoint(checkpoint, model, optimizer, done, config)
             if on_step is not None:
                 on_step(done, losses)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         model.eval()
+    workers.barrier()  # the last checkpoint is on disk before any process returns
     return history
 
 
-def _train_step(model, space, data, order, optimizer, config, step, pad_id, device):
-    """One optimizer step: for each micro-batch, the K sandwich shapes forward and backward in turn."""
+def _train_step(model, space, data, order, optimizer, config, step, pad_id, device, workers=SINGLE):
+    """One optimizer step: for each micro-batch, the K sandwich shapes forward and backward in turn.
+
+    Worker ``r`` of ``W`` takes micro-batches ``r, r + W, ...`` of the step ``W·grad_accum`` would
+    make in one process; averaging the gradients over workers then gives that step exactly.
+    """
     torch.manual_seed(step_seed(config.seed, step))  # gate noise and dropout of this step
     shapes = sandwich(space, random.Random(step_seed(config.seed, step)), config.sandwich)
     optimizer.zero_grad(set_to_none=True)
@@ -236,7 +259,7 @@ def _train_step(model, space, data, order, optimizer, config, step, pad_id, devi
     tokens = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for micro in range(config.grad_accum):
-        first = (step * config.grad_accum + micro) * config.batch
+        first = ((step * config.grad_accum + micro) * workers.world + workers.rank) * config.batch
         batch = collate([data[i] for i in order.indices(first, config.batch)], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         tokens += int(batch["attention_mask"].sum())
@@ -258,6 +281,7 @@ def _train_step(model, space, data, order, optimizer, config, step, pad_id, devi
             aux = load_balancing_loss(model.gate.probabilities(encodings), torch.stack(chosen), model.config.num_loras)
             (model.config.balance_coef * aux / config.grad_accum).backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    workers.average_gradients(trainable)
     if config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     optimizer.step()

@@ -194,7 +194,7 @@ def main() -> None:
             )
             del model
 
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"seed": "Int64"})  # "before" has no seed
     before = table[table["variant"] == "before"].set_index("shape")["ppl"]
     trained = table[table["variant"] != "before"]
     order = [str(s) for s in shapes]

@@ -256,8 +256,8 @@ def plot(wide, path: str, args, machine: dict, plan: str) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("held-out perplexity (response tokens)")
     ax.set_title(
-        f"SmolLM2-135M fine-tuning ablation: {args.steps} steps, seq {args.seq_len}, rank {args.rank}, plan {plan} "
-        f"({machine['cpu']})",
+        f"SmolLM2-135M fine-tuning ablation: {args.steps} steps, seq {args.seq_len}, rank {args.rank}, plan {plan}, "
+        f"geometric mean over seeds {args.seeds} ({machine['cpu']})",
         fontsize=9,
     )
     ax.legend(fontsize=8)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fingerprint import machine  # noqa: E402
 
 from amoebasearch.profile import load_table, predict_latency  # noqa: E402
+from amoebasearch.profile.fingerprint import device_slug  # noqa: E402
 from amoebasearch.profile.table import validation_path  # noqa: E402
 from amoebasearch.profile.validate import summary  # noqa: E402
 from amoebasearch.shape import Shape  # noqa: E402
@@ -79,6 +80,8 @@ def estimate_rows(folder: Path) -> list[dict]:
                 continue
             if not (spec_slug.startswith("cpu-") and table.meta["device"].get("kind") == "cpu"):
                 continue
+            if not device_slug(table.meta["device"]).startswith(spec_slug.removesuffix("-1t")):
+                continue  # a spec sheet is scored on its own CPU only (an EPYC estimate says nothing of a Xeon)
             if table.meta["runtime"]["name"] != "eager":  # estimates are fitted on, and model, eager tables
                 continue
             frame = pd.read_csv(validation_path(table.path))

@@ -164,43 +164,87 @@ def test_subnet_instances_are_independent_copies_of_one_subnet(name):
         assert all(torch.equal(w, weights[0]) for w in weights)
 
 
-def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_path, monkeypatch):
-    """Group 1's sentinel stays off in its own slot; it is re-measured after group 2 from fresh
-    copies, and the closer second pass is kept, with attempts counted across both passes."""
+def flat_table(tmp_path):
+    """A tiny Llama and a hand-made table for it at one decode point (every block 5 us)."""
     from conftest import tiny_model
 
-    from amoebasearch.profile import validate
     from amoebasearch.profile.blocks import Point
-    from amoebasearch.profile.programs import Context
-    from amoebasearch.profile.runtimes import get_runtime
     from amoebasearch.profile.table import LatencyTable, table_row
-    from amoebasearch.profile.timing import Stats
 
     model = tiny_model("llama")
     point = Point("decode", 1, 8)
-    rows = [
-        table_row(b, 0, 0, point, 10.0, 9.0, 11.0, 20, False, "measured") for b in ("embedding", "head", "overhead")
-    ]
+    fixed = ("embedding", "head", "overhead")
+    rows = [table_row(b, 0, 0, point, 10.0, 9.0, 11.0, 20, False, "measured") for b in fixed]
     dims = ModelDims.from_config(model.config)
     for heads in (2, 4):
         for ffn in range(64, dims.ffn + 1, 64):
             rows.append(table_row("decoder", heads, ffn, point, 5.0, 4.5, 5.5, 20, False, "measured"))
-    table = LatencyTable(pd.DataFrame(rows), {"model": {"dims": {}}, "settings": {}}, tmp_path / "t.csv")
-    calls = []
+    return model, point, LatencyTable(pd.DataFrame(rows), {"model": {"dims": {}}, "settings": {}}, tmp_path / "t.csv")
 
-    def scripted(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s):
-        group_no = len(calls)
-        calls.append(group_no)
-        ratio = {1: 1.04, 3: 1.005}.get(group_no, 1.0)  # call 1 = group 1, call 3 = its second pass
-        median = 100.0 + group_no
-        return [Stats(median, median, median, 20)] * len(programs), {
+
+def scripted_group(ratios: dict[int, float], calls: list, histories: list):
+    """A stand-in for `measure_group`: call n reports sentinel ratio ``ratios.get(n, 1)`` and
+    times every program at 100 + n us (so rows tell which call measured them)."""
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.timing import Stats
+
+    def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s):
+        number = len(calls)
+        calls.append(number)
+        histories.append(list(sentinel_and_history[1]))
+        ratio = ratios.get(number, 1.0)
+        off = abs(ratio - 1) > tolerance
+        return [Stats(100.0 + number, 100.0 + number, 100.0 + number, 20)] * len(programs), {
             "sentinel_ratio": ratio,
-            "sentinel_vs_table": 1.0,
-            "attempts": validate.MAX_ATTEMPTS if ratio > 1.02 else 1,
-            "chosen_attempt": validate.MAX_ATTEMPTS if ratio > 1.02 else 1,
+            "sentinel_vs_table": 1.0 + number / 100,
+            "attempts": validate.MAX_ATTEMPTS if off else 1,
+            "chosen_attempt": validate.MAX_ATTEMPTS if off else 1,
         }
 
-    monkeypatch.setattr(validate, "measure_group", scripted)
+    return measure
+
+
+def test_resume_measures_again_only_the_groups_timed_while_disturbed(tmp_path, monkeypatch):
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+
+    model, point, table = flat_table(tmp_path)
+    ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
+    calls, histories = [], []
+    # group 1 stays 5 % off in its slot and when postponed (calls 1 and 3)
+    monkeypatch.setattr(validate, "measure_group", scripted_group({1: 1.05, 3: 1.06}, calls, histories))
+    frame, stats = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
+    group1 = frame["subnet"].between(4, 7)
+    assert calls == [0, 1, 2, 3] and int(stats["disturbed"].sum()) == int((frame[group1]["split"] == "heldout").sum())
+    assert (frame[frame["subnet"].between(4, 7)]["measured_us"] == 101.0).all()  # the closer, first pass
+
+    calls, histories = [], []
+    monkeypatch.setattr(validate, "measure_group", scripted_group({}, calls, histories))
+    again, stats = validate.validate_table(
+        model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True
+    )
+    assert calls == [0], "only the disturbed group is measured again"
+    # groups 0 and 2 (calls 0 and 2); the table composes the sentinel as 3 x 10 + 4 blocks x 5 us
+    assert histories[0] == pytest.approx([50 * 1.00, 50 * 1.02])
+    assert (again[again["subnet"].between(4, 7)]["measured_us"] == 100.0).all()
+    assert (again[~again["subnet"].between(4, 7)].set_index("subnet")["measured_us"]).equals(
+        frame[~frame["subnet"].between(4, 7)].set_index("subnet")["measured_us"]
+    )
+    assert int(stats["disturbed"].sum()) == 0
+
+
+def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_path, monkeypatch):
+    """Group 1's sentinel stays off in its own slot; it is re-measured after group 2 from fresh
+    copies, and the closer second pass is kept, with attempts counted across both passes."""
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+
+    model, point, table = flat_table(tmp_path)
+    calls, histories = [], []
+    # call 1 = group 1 (4 % off), call 3 = its second pass (0.5 % off)
+    monkeypatch.setattr(validate, "measure_group", scripted_group({1: 1.04, 3: 1.005}, calls, histories))
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
     frame, _ = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
     assert calls == [0, 1, 2, 3]

@@ -258,10 +258,10 @@ def validate_table(
     A sentinel (a fixed full-width reference subnet) runs in every group; when it is more than
     ``tolerance`` off its usual value, the machine was disturbed (a noisy neighbour on a shared
     host) and the group is measured again, up to `MAX_ATTEMPTS` times, ``pause_s`` apart and
-    doubling (see `measure_group`). A
-    group still off after that is postponed: measured once more, from fresh copies, after every
-    other group, and the pass whose sentinel was closer is kept (a disturbance lasting minutes
-    then costs a later retry instead of a group of misses).
+    doubling (see `measure_group`). A group still off after that is postponed: measured once
+    more, from fresh copies, after every other group, and the pass whose sentinel was closer is
+    kept (a disturbance lasting minutes then costs a later retry instead of a group of misses).
+    With ``resume``, rows whose sentinel stayed off are measured again too.
 
     Rows are written to ``<table>.validation.csv`` after every subnet, and the fitted calibration
     into the table's sidecar, so ``predict_latency`` uses it from then on.

@@ -23,8 +23,8 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check amoebasearch tests benchmarks scripts
-	$(VENV)/bin/ruff format --check amoebasearch tests benchmarks scripts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check amoebasearch tests benchmarks scripts notebooks
 
 clean:
 	rm -rf $(VENV) build

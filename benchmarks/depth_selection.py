@@ -45,6 +45,7 @@ from amoebasearch.plan.evaluate import SubsetScorer  # noqa: E402
 from amoebasearch.plan.layerwise import LayerRunner  # noqa: E402
 from amoebasearch.plan.metrics import METRICS, Perplexity  # noqa: E402
 from amoebasearch.plan.select import ModelEvaluator, block_influence, make_metric, removal_metric  # noqa: E402
+from amoebasearch.plots import save_png  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_METRIC = "kl"  # ranks single-layer removals best on unseen text: depth_metric_diagnosis.py
@@ -208,7 +209,7 @@ def main() -> None:
     ax.set_title(f"SmolLM2-135M depth selection, KJV ({split.settings['calibration_tokens']} calibration tokens)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "depth_selection.png", dpi=120)
+    save_png(fig, RESULTS / "depth_selection.png")
 
 
 def reusable_rows(path: str, settings: dict) -> pd.DataFrame:

@@ -33,6 +33,7 @@ import torch
 
 from amoebasearch import atomic, models
 from amoebasearch.planfile import Plan
+from amoebasearch.plots import save_png
 from amoebasearch.shape import Shape, ShapeSpace
 from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
 from amoebasearch.train.evaluate import perplexity
@@ -262,7 +263,7 @@ def plot(wide, path: str, args, machine: dict, plan: str) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fingerprint import machine  # noqa: E402
 
+from amoebasearch.plots import save_png  # noqa: E402
 from amoebasearch.profile import load_table, predict_latency  # noqa: E402
 from amoebasearch.profile.fingerprint import device_slug  # noqa: E402
 from amoebasearch.profile.table import validation_path  # noqa: E402
@@ -129,7 +130,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     ax.set_title("Latency predictor error on held-out extracted subnets")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from amoebasearch.data import plan_split  # noqa: E402
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.models import load, model_signature  # noqa: E402
 from amoebasearch.planfile import Plan  # noqa: E402
-from amoebasearch.plots import Curve, plot_fronts  # noqa: E402
+from amoebasearch.plots import Curve, plot_fronts, save_png  # noqa: E402
 from amoebasearch.profile.predict import point_model  # noqa: E402
 from amoebasearch.profile.table import load_table  # noqa: E402
 from amoebasearch.search.cache import QualityCache, cache_study_name  # noqa: E402
@@ -137,7 +137,7 @@ def main() -> None:
         [Curve("exhaustive Pareto front", [c.latency_ms for c in front], [c.quality for c in front])],
         title=f"SmolLM2-135M, {table.meta['device']['name']} {table.meta['runtime']['name']} ({args.phase})",
     )
-    fig.savefig(RESULTS / "search_quality.png", dpi=120)
+    save_png(fig, RESULTS / "search_quality.png")
     print(f"median TPE gap {statistics.median(frame[frame.sampler == 'tpe'].gap_pct):.3f}%")
 
 

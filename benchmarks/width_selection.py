@@ -28,6 +28,7 @@ from amoebasearch.models import load  # noqa: E402
 from amoebasearch.ordering import Ordering  # noqa: E402
 from amoebasearch.plan.evaluate import shape_metric  # noqa: E402
 from amoebasearch.plan.width import importance_scores, magnitude_scores, random_scores  # noqa: E402
+from amoebasearch.plots import save_png  # noqa: E402
 from amoebasearch.shape import Shape  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -137,7 +138,7 @@ def main() -> None:
         ax.legend()
     fig.suptitle(f"SmolLM2-135M width selection, KJV ({split.settings['calibration_tokens']} calibration tokens)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "width_selection.png", dpi=120)
+    save_png(fig, RESULTS / "width_selection.png")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ the shared expert of DeepSeekMoE: what all shapes need (the response format, rec
 pruning removed in general) is learnt once from every sampled shape's gradient, and the routed
 LoRAs keep the shape-specific corrections that conflict. Without it, each routed LoRA learns from
 the one or two shapes it serves, which at small batches is the noisier signal: on SmolLM2 (150
-steps of 2 x 64 tokens, 2 seeds) it lowered the geometric-mean perplexity of 8 shapes from 28.3
-(routed only) to 26.8, where a single LoRA for all shapes reached 29.1.
+steps of 2 x 64 tokens, 3 seeds) it lowered the geometric-mean perplexity of 8 shapes from 27.9
+(routed only) to 27.2, where a single LoRA for all shapes reached 29.0.
 
 Inside ``elastic.use_shape`` a projection carries ``amoeba_slice = (rows, cols)``; `SMoLLinear`
 slices the base weight *and* its LoRAs with the same indices, which is what makes the merged

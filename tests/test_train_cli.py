@@ -119,14 +119,41 @@ def test_export_from_a_non_supernet_exits_2(tmp_path, capsys):
     assert "not a supernet directory" in err and err.count("\n") == 1
 
 
-def test_torchrun_workers_take_the_step_one_process_takes_with_their_accumulation(setup):
-    """Two Gloo processes under torchrun (what ``accelerate launch`` starts too), each a slice of
-    every step, end with the adapter one process trains with --grad-accum 2 (no gate noise, so
-    both draw the same routes); only rank 0 writes the supernet directory and the log."""
+def _launcher(name: str, port: int) -> list[str]:
+    """The command line, up to the module name, that starts two processes of a module under ``name``."""
+    import sys
+
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={port}", "-m"]
+    # accelerate's multi-process launcher is torch's elastic launcher with its own flags; --cpu would
+    # start a single process, so this machine (no GPU) runs it as --multi_gpu with --device cpu.
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+    ]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_launched_workers_take_the_step_one_process_takes_with_their_accumulation(setup, launcher):
+    """Two Gloo processes under torchrun or ``accelerate launch``, each a slice of every step, end
+    with the adapter one process trains with --grad-accum 2 (no gate noise, so both draw the same
+    routes); only rank 0 writes the supernet directory and the log."""
     import os
     import socket
     import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -136,10 +163,9 @@ def test_torchrun_workers_take_the_step_one_process_takes_with_their_accumulatio
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={port}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [*launcher, "-m", "amoebasearch", *train_args(model, data, tmp / "two", *common)],
+        [*_launcher(launcher, port), "amoebasearch", *train_args(model, data, tmp / "two", *common)],
         capture_output=True,
         text=True,
         env=env,

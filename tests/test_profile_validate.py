@@ -188,7 +188,7 @@ def scripted_group(ratios: dict[int, float], calls: list, histories: list):
     from amoebasearch.profile import validate
     from amoebasearch.profile.timing import Stats
 
-    def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s):
+    def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s, report=None):
         number = len(calls)
         calls.append(number)
         histories.append(list(sentinel_and_history[1]))
@@ -246,8 +246,12 @@ def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_p
     # call 1 = group 1 (4 % off), call 3 = its second pass (0.5 % off)
     monkeypatch.setattr(validate, "measure_group", scripted_group({1: 1.04, 3: 1.005}, calls, histories))
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
-    frame, _ = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
+    heard = []
+    frame, _ = validate.validate_table(
+        model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, report=heard.append
+    )
     assert calls == [0, 1, 2, 3]
+    assert heard == ["1 group(s) postponed: the host stayed disturbed", "postponed group 1/1: second pass"]
     second = frame[frame["subnet"].between(4, 7)]
     assert (second["measured_us"] == 103.0).all()  # the second pass, not the first (101)
     assert (second["attempts"] == validate.MAX_ATTEMPTS + 1).all()
@@ -276,5 +280,11 @@ def test_retries_wait_longer_each_time(monkeypatch):
     monkeypatch.setattr(validate.time, "sleep", slept.append)
     noop = (lambda x: None, lambda: None, None)
     off = [10.0, 150.0] * 20 * validate.MAX_ATTEMPTS  # the sentinel 50 % slow in every attempt
-    validate.measure_group([noop], (noop, [100.0], 100.0), ScriptedClock(off), 0, 20, 0.03, pause_s=5.0)
+    heard = []
+    validate.measure_group(
+        [noop], (noop, [100.0], 100.0), ScriptedClock(off), 0, 20, 0.03, pause_s=5.0, report=heard.append
+    )
     assert slept == [5.0, 10.0, 20.0, 40.0][: validate.MAX_ATTEMPTS - 1]
+    # what a progress bar shows meanwhile: how far off, which attempt, how long the wait
+    assert heard[0] == f"sentinel +50.0% off, attempt 1/{validate.MAX_ATTEMPTS}; again in 5 s"
+    assert len(heard) == validate.MAX_ATTEMPTS - 1

@@ -168,6 +168,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 resume=args.resume,
                 pause_s=args.pause,
                 progress=bar.update,
+                report=bar.set_postfix_str,
             )
         for r in stats.to_dict("records"):
             print(

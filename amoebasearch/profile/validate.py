@@ -157,7 +157,14 @@ def sentinel(model: nn.Module, table: LatencyTable, ctx: Context, point: Point):
 
 
 def measure_group(
-    programs, sentinel_and_history, clock, warmup: int, repeats: int, tolerance: float, pause_s: float = 0.0
+    programs,
+    sentinel_and_history,
+    clock,
+    warmup: int,
+    repeats: int,
+    tolerance: float,
+    pause_s: float = 0.0,
+    report: Callable[[str], Any] | None = None,
 ):
     """Time ``programs`` plus the sentinel, interleaved; retry while the sentinel is off its usual value.
 
@@ -168,6 +175,7 @@ def measure_group(
     on this VM lasted minutes: back-to-back retries only measured it again).
     Returns the stats of the attempt whose sentinel was closest (every
     attempt is a complete, real measurement of all programs) and what the check saw.
+    ``report`` hears why a retry waits (a long validation on a noisy host otherwise looks stuck).
     """
     program, history, table_us = sentinel_and_history
     usual = statistics.median(history) if history else None
@@ -181,8 +189,12 @@ def measure_group(
             best = (stats, ratio, attempt, check.median_us)
         if abs(ratio - 1) <= tolerance:
             break
-        if pause_s > 0 and attempt < MAX_ATTEMPTS:
-            time.sleep(pause_s * 2 ** (attempt - 1))
+        if attempt < MAX_ATTEMPTS:
+            wait = pause_s * 2 ** (attempt - 1)
+            if report is not None:
+                report(f"sentinel {ratio - 1:+.1%} off, attempt {attempt}/{MAX_ATTEMPTS}; again in {wait:g} s")
+            if wait > 0:
+                time.sleep(wait)
     stats, ratio, chosen, sentinel_us = best
     history.append(sentinel_us)
     return stats, {
@@ -250,6 +262,7 @@ def validate_table(
     tolerance: float = 0.02,
     pause_s: float = 0.0,
     progress: Callable[[int], Any] | None = None,
+    report: Callable[[str], Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure ``calibrate + n`` seeded subnets end to end; fit calibration; return (rows, summary).
 
@@ -284,7 +297,9 @@ def validate_table(
         results = {}
         for point in todo:
             programs = [model_program(subnet, point, ctx) for subnets in copies for subnet in subnets]
-            results[point] = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s)
+            results[point] = measure_group(
+                programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report
+            )
             del programs  # one point's sessions at a time: ONNX Runtime copies every weight
         return results
 
@@ -306,11 +321,15 @@ def validate_table(
             results = measure_members(members, todo)
             if any(disturbed(check, tolerance) for _, check in results.values()):
                 postponed.append((members, results))  # the host was off all along: try again at the end
+                if report is not None:
+                    report(f"{len(postponed)} group(s) postponed: the host stayed disturbed")
             else:
                 record(members, results)
         if progress:
             progress(len(members))
-    for members, first in postponed:
+    for number, (members, first) in enumerate(postponed, 1):
+        if report is not None:
+            report(f"postponed group {number}/{len(postponed)}: second pass")
         again = measure_members(members, list(first))
         record(members, {p: closer_attempt(first[p], again[p]) for p in first})
     frame = pd.DataFrame(rows, columns=list(COLUMNS))

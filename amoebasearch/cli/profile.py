@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from amoebasearch.cli.common import add_model_argument, check_device, positive_int
+from amoebasearch.cli.common import add_model_argument, positive_int
+from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from amoebasearch.cli.common import add_model_argument, add_plan_argument, check_device, positive_int
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
 
 
 def positive_float(text: str) -> float:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ffn_step=args.ffn_step,
         resume=args.resume,
         progress=not args.quiet,
-        device=check_device(args.device) if args.device else None,
+        device=args.device,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"supernet written to {out} ({args.steps} steps; log in {out / 'train_log.csv'})")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from amoebasearch import atomic
+from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
 from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load, load_config, model_signature
@@ -74,9 +75,7 @@ def train_supernet(
     ``LOCAL_RANK``'s GPU and trains a slice of every step (see `workers.py`).
     """
     out = Path(out)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory")

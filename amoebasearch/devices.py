@@ -1,0 +1,27 @@
+"""Device names as users write them (``cpu``, ``cuda``, ``cuda:N``), checked against this machine.
+
+Shared by `profile` and `train` (their CLIs and `train_supernet`), so a bad ``--device`` gets the
+same one-line error wherever it enters.
+"""
+
+from __future__ import annotations
+
+from amoebasearch.errors import UsageError
+
+
+def check_device(device: str) -> str:
+    """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists here."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        index = device.split(":", 1)[1] if ":" in device else "0"
+        if not index.isdigit():
+            raise UsageError(f"--device {device}: write cuda:N with a number N")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
+        if int(index) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return f"cuda:{index}"
+    raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")

@@ -10,7 +10,11 @@ from plan_helpers import PROSE, tiny_checkpoint_with_tokenizer
 from transformers import AutoModelForCausalLM
 
 from amoebasearch.cli import main
+from amoebasearch.errors import UsageError
 from amoebasearch.models import load_config
+from amoebasearch.profile.table import load_table, validation_path
+from amoebasearch.search.find import FindRequest, study_name_for
+from amoebasearch.search.margin import Margin, budget_hit_rates, budget_margin, parse_margin
 from amoebasearch.search.storage import open_storage
 
 
@@ -177,3 +181,88 @@ def test_perplexity_cache_key_follows_the_data_file_contents(tmp_path):
     corpus.write_text(PROSE + " An edited ending.")
     assert before and content_digest(str(corpus)) != before  # same path, new text: a new cache
     assert content_digest("kjv") == {}  # the embedded corpus is keyed by name
+
+
+def validation_file(table, overruns, phase="decode"):
+    """A validation file beside ``table``: held-out subnets measured ``overruns`` (fractions) over
+    their prediction, plus calibration rows that run 50 % over and must not count."""
+    rows = [
+        {"split": "heldout", "phase": phase, "batch": 1, "context": 128, "predicted_us": 1000.0,
+         "measured_us": 1000.0 * (1 + o)} for o in overruns
+    ] + [
+        {"split": "calibration", "phase": phase, "batch": 1, "context": 128, "predicted_us": 1000.0,
+         "measured_us": 1500.0}
+    ] * 5  # fmt: skip
+    pd.DataFrame(rows).to_csv(validation_path(table), index=False)
+
+
+def test_margin_is_the_95th_percentile_of_held_out_overruns(setup):
+    _, _, table_path = setup
+    table = load_table(table_path)
+    assert budget_margin("auto", table, "decode", 1, 128).fraction == 0.0  # no validation file
+    overruns = [i / 100 for i in range(-10, 11)]  # -10 % .. +10 %, 21 held-out subnets
+    validation_file(table_path, overruns)
+    margin = budget_margin("auto", table, "decode", 1, 128)
+    assert margin.fraction == pytest.approx(0.09)  # pandas' linear 95th percentile of -0.10 .. 0.10
+    assert margin.search_budget(10.9) == pytest.approx(10.0)
+    assert budget_margin("auto", table, "prefill", 1, 128).fraction == 0.0  # no rows at that point
+    assert budget_margin(0.02, table, "decode", 1, 128) == Margin(0.02, "given with --margin")
+    validation_file(table_path, [-0.05] * 20)  # a predictor that only over-predicts needs no margin
+    assert budget_margin("auto", table, "decode", 1, 128).fraction == 0.0
+    validation_file(table_path, [0.2] * 9)  # too few held-out subnets to trust a 95th percentile
+    assert budget_margin("auto", table, "decode", 1, 128).fraction == 0.0
+
+
+@pytest.mark.parametrize(("text", "value"), [("3%", 0.03), ("3", 0.03), ("0", 0.0), (" .5% ", 0.005)])
+def test_parse_margin_reads_percentages(text, value):
+    assert parse_margin(text) == pytest.approx(value)
+    assert parse_margin(" AUTO ") == "auto"
+
+
+@pytest.mark.parametrize("text", ["x", "-3%", "100%", "5ms"])
+def test_bad_margins_are_usage_errors(text):
+    with pytest.raises(UsageError, match="margin"):
+        parse_margin(text)
+
+
+def test_find_searches_under_the_validated_margin(setup, tmp_path, capsys):
+    _, _, table_path = setup
+    validation_file(table_path, [0.10] * 20)  # every held-out subnet ran 10 % over its prediction
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "6")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["margin_pct"] == pytest.approx(10.0) and report["search_budget_ms"] == pytest.approx(3 / 1.1)
+    assert report["best"]["latency_ms"] * 1.1 <= 3.0 and "validation" in report["margin_source"]
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "6", "--margin", "0")) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["margin_pct"] == 0 and whole["search_budget_ms"] == 3.0 and whole["study"] != report["study"]
+    # a budget only the margin makes infeasible says so, and how to search the whole budget
+    # (the fastest subnet takes 1 ms: 1.05 ms fits it, 1.05 ms less 10 % does not)
+    assert main(find_args(setup, tmp_path, "--budget", "1.05ms", "--trials", "3")) == 2
+    assert "--margin 0" in capsys.readouterr().err
+    assert main(find_args(setup, tmp_path, "--budget", "1.05ms", "--trials", "3", "--margin", "0")) == 0
+
+
+def test_search_study_is_keyed_by_the_quality_source(setup):
+    _, _, table_path = setup
+    request = FindRequest(budget_ms=3.0)
+    table, none = load_table(table_path), Margin(0.0, "given")
+    assert study_name_for(request, table, "aaaa", none) == study_name_for(request, table, "aaaa", none)
+    assert study_name_for(request, table, "aaaa", none) != study_name_for(request, table, "bbbb", none)
+    assert study_name_for(request, table, "aaaa", none) != study_name_for(request, table, "aaaa", Margin(0.05, "x"))
+
+
+def test_budget_hit_rates_score_each_half_with_the_other_halfs_margin():
+    overruns = [0.0, 0.1, 0.02, -0.05]  # subnets 0..3; halves {0, 2} and {1, 3}
+    rows = pd.DataFrame(
+        {
+            "subnet": [3, 1, 2, 0],
+            "predicted_us": 1000.0,
+            "measured_us": [1000.0 * (1 + overruns[i]) for i in (3, 1, 2, 0)],
+        }
+    )
+    rates = budget_hit_rates(rows)
+    assert rates["met_no_margin"] == 0.5  # subnets 0 (exactly on) and 3
+    # {0, 2} under {1, 3}'s margin (95th pct of -5 %, +10 % = 9.25 %): both met; {1, 3} under 1.9 %: only 3
+    assert rates["met_auto_margin"] == 0.75
+    assert rates["cross_margin_pct"] == pytest.approx((9.25 + 1.9) / 2)

@@ -15,6 +15,7 @@ from amoebasearch.cli.common import add_model_argument, add_plan_argument, posit
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.find import METRICS
+from amoebasearch.search.margin import parse_margin
 from amoebasearch.search.study import SAMPLERS
 
 PHASES = ("decode", "prefill")
@@ -29,6 +30,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "Optuna storage so any later budget or device reuses it.",
     )
     parser.add_argument("--budget", required=True, help="latency budget: 30ms, 0.03s, 2.5ms or 30 (ms)")
+    parser.add_argument(
+        "--margin",
+        type=parse_margin,
+        default="auto",
+        help="share of the budget kept free for prediction error: auto (default: the 95th percentile of "
+        "how far held-out subnets ran over their prediction in the table's validation file; 0 without "
+        "one), or a percentage such as 3%%",
+    )
     parser.add_argument("--profile", help="latency table CSV (default: pick one for --device/--runtime)")
     parser.add_argument("--profiles", default="profiles", help="folder searched for tables (default profiles/)")
     parser.add_argument("--device", default="cpu", help="device whose table to use (default cpu)")
@@ -77,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(
         budget_ms=budget_ms,
+        margin=args.margin,
         table=args.profile,
         profiles=Path(args.profiles),
         device=args.device,
@@ -121,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
         f"depth={len(best['shape']['layers'])} heads={best['shape']['heads']} ffn={best['shape']['ffn']}"
     )
     print(f"  predicted latency {best['latency_ms']:.3f} ms from {report['table']} ({report['table_source']})")
+    if report["margin_pct"]:
+        print(
+            f"  searched under {report['search_budget_ms']:.3f} ms: a {report['margin_pct']:.1f}% margin "
+            f"for prediction error ({report['margin_source']}; --margin 0 to search the whole budget)"
+        )
+    else:
+        print(f"  no margin for prediction error ({report['margin_source']})")
     if report["metric"] == "accuracy":
         print(f"  multiple-choice accuracy {best['quality']:.3f} ({best['quality']:.1%})")
     else:

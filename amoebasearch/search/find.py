@@ -22,6 +22,7 @@ from amoebasearch.profile.predict import point_model
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
+from amoebasearch.search.margin import Margin, budget_margin
 from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, search
@@ -35,6 +36,7 @@ CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default a
 @dataclass
 class FindRequest:
     budget_ms: float
+    margin: str | float = "auto"  # "auto" (from the table's validation) or a fraction of the budget
     table: str | None = None
     profiles: Path = Path("profiles")
     device: str = "cpu"
@@ -226,6 +228,18 @@ def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
     return choose_table(request.profiles, signature, slug, request.runtime, name, request.device)
 
 
+def study_name_for(request: FindRequest, table: LatencyTable, source: str, margin: Margin) -> str:
+    """The search study of one question: table, point, budget (and margin), metric, sampler, seed,
+    and the quality source, so a retrained supernet or a new plan never inherits the trial history
+    (and the sampler's beliefs) of another."""
+    stem = Path(table.path).stem if table.path else "table"
+    margin_part = f"-m{margin.fraction * 100:.2f}" if margin.fraction else ""
+    return (
+        f"find-{stem}-{request.phase}-b{request.batch}-c{request.context}-{request.budget_ms:g}ms{margin_part}"
+        f"-{request.metric}-{request.sampler}-s{request.seed}{'-pareto' if request.pareto else ''}-{source}"
+    )
+
+
 def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
     return {
         "shape": candidate.shape.to_dict(),
@@ -246,28 +260,37 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
     )
     quality = QualitySource(request, plan)
     storage, cache = open_quality_cache(request, signature, plan, quality.eval_settings)
-    study_name = request.study or (
-        f"find-{Path(table.path).stem if table.path else 'table'}-{request.phase}-b{request.batch}-c{request.context}"
-        f"-{request.budget_ms:g}ms-{request.metric}-{request.sampler}-s{request.seed}"
-        f"{'-pareto' if request.pareto else ''}"
-    )
-    result = search(
-        space,
-        lambda shape: point.predict(shape) / 1000.0,
-        quality,
-        cache,
-        request.budget_ms,
-        trials=request.trials,
-        sampler=request.sampler,
-        seed=request.seed,
-        storage=storage,
-        study_name=study_name,
-        multi_objective=request.pareto,
-        higher_is_better=quality.higher_is_better,
-        progress=request.progress,
-    )
+    margin = budget_margin(request.margin, table, request.phase, request.batch, request.context)
+    search_budget_ms = margin.search_budget(request.budget_ms)
+    study_name = request.study or study_name_for(request, table, source_signature(request, signature, plan), margin)
+    try:
+        result = search(
+            space,
+            lambda shape: point.predict(shape) / 1000.0,
+            quality,
+            cache,
+            search_budget_ms,
+            trials=request.trials,
+            sampler=request.sampler,
+            seed=request.seed,
+            storage=storage,
+            study_name=study_name,
+            multi_objective=request.pareto,
+            higher_is_better=quality.higher_is_better,
+            progress=request.progress,
+        )
+    except UsageError as err:
+        if not margin.fraction:
+            raise
+        raise UsageError(
+            f"{err} (searched under {search_budget_ms:.4g} ms: the budget less a {margin.fraction:.1%} margin "
+            "for prediction error; --margin 0 searches the whole budget)"
+        ) from None
     report: dict[str, Any] = {
         "budget_ms": request.budget_ms,
+        "search_budget_ms": round(search_budget_ms, 6),
+        "margin_pct": round(margin.fraction * 100.0, 3),
+        "margin_source": margin.source,
         "metric": request.metric,
         "table": str(table.path),
         "table_source": "estimated" if table.estimated else "measured",

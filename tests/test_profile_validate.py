@@ -196,7 +196,7 @@ def scripted_group(ratios: dict[int, float], calls: list, histories: list):
         off = abs(ratio - 1) > tolerance
         return [Stats(100.0 + number, 100.0 + number, 100.0 + number, 20)] * len(programs), {
             "sentinel_ratio": ratio,
-            "sentinel_vs_table": 1.0 + number / 100,
+            "sentinel_vs_table": ratio,
             "attempts": validate.MAX_ATTEMPTS if off else 1,
             "chosen_attempt": validate.MAX_ATTEMPTS if off else 1,
         }
@@ -226,7 +226,7 @@ def test_resume_measures_again_only_the_groups_timed_while_disturbed(tmp_path, m
     )
     assert calls == [0], "only the disturbed group is measured again"
     # groups 0 and 2 (calls 0 and 2); the table composes the sentinel as 3 x 10 + 4 blocks x 5 us
-    assert histories[0] == pytest.approx([50 * 1.00, 50 * 1.02])
+    assert histories[0] == pytest.approx([50.0, 50.0])
     assert (again[again["subnet"].between(4, 7)]["measured_us"] == 100.0).all()
     assert (again[~again["subnet"].between(4, 7)].set_index("subnet")["measured_us"]).equals(
         frame[~frame["subnet"].between(4, 7)].set_index("subnet")["measured_us"]
@@ -257,6 +257,51 @@ def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_p
     assert (second["attempts"] == validate.MAX_ATTEMPTS + 1).all()
     assert (second["chosen_attempt"] == validate.MAX_ATTEMPTS + 1).all()
     assert (frame[frame["subnet"] < 4]["attempts"] == 1).all() and len(frame) == 12
+
+
+def test_a_run_that_starts_while_the_host_is_slow_re_times_its_first_groups(tmp_path, monkeypatch):
+    """Groups 0 and 1 are timed while the host runs 10 % slow, groups 2-4 at its usual speed:
+    against the median of all groups the slow start stands out, so it is measured again, not
+    the three later groups."""
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+
+    model, point, table = flat_table(tmp_path)
+    calls, histories = [], []
+    monkeypatch.setattr(validate, "measure_group", scripted_group({0: 1.1, 1: 1.1}, calls, histories))
+    ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
+    frame, stats = validate.validate_table(model, table, ctx, [point], 14, calibrate=6, group=4, instances=1)
+    assert calls == [0, 1, 2, 3, 4, 5, 6]  # five groups, then groups 0 and 1 again
+    assert (frame[frame["subnet"] < 4]["measured_us"] == 105.0).all()
+    assert (frame[frame["subnet"].between(4, 7)]["measured_us"] == 106.0).all()
+    assert (frame["sentinel_ratio"] == 1.0).all() and int(stats["disturbed"].sum()) == 0
+
+
+def test_a_lasting_shift_of_the_host_becomes_the_usual_value():
+    """After one group whose every attempt saw the host 12 % faster, the next group at that
+    speed is accepted at once (the history holds every attempt)."""
+    from amoebasearch.profile.validate import MAX_ATTEMPTS, measure_group
+
+    noop = (lambda x: None, lambda: None, None)
+    history = [100.0, 100.0]
+    fast = [10.0, 88.0] * 20
+    _, check = measure_group([noop], (noop, history, 100.0), ScriptedClock(fast * MAX_ATTEMPTS), 0, 20, 0.02)
+    assert check["attempts"] == MAX_ATTEMPTS and check["sentinel_ratio"] == 0.88
+    _, check = measure_group([noop], (noop, history, 100.0), ScriptedClock(fast), 0, 20, 0.02)
+    assert check["attempts"] == 1 and check["sentinel_ratio"] == 1.0
+
+
+def test_rebase_judges_every_group_against_the_median_group():
+    from amoebasearch.profile.validate import rebase_sentinel
+
+    rows = [
+        {"subnet": i, "phase": "decode", "batch": 1, "context": 8, "sentinel_vs_table": v, "sentinel_ratio": 1.0}
+        for i, v in [(0, 1.2), (1, 1.2), (2, 1.0), (3, 1.0), (4, 1.05), (5, 1.05)]
+    ]
+    usual = rebase_sentinel(rows, group=2)
+    assert usual == {("decode", 1, 8): 1.05}
+    assert [r["sentinel_ratio"] for r in rows] == pytest.approx([1.1429, 1.1429, 0.9524, 0.9524, 1.0, 1.0], abs=1e-4)
 
 
 def test_resume_rebuilds_the_sentinel_history_one_value_per_group():

@@ -168,9 +168,12 @@ def measure_group(
 ):
     """Time ``programs`` plus the sentinel, interleaved; retry while the sentinel is off its usual value.
 
-    The sentinel's usual value is the median of its timings in the groups accepted so far (the
-    first group sets it): a group measured while a neighbour hammered the host stands out
-    against it. Shifts between profiling and validation time are the calibration's job.
+    The sentinel's usual value is the median of its timings before this group, every attempt of
+    every group (the first group's first attempt sets it): a group measured while a neighbour
+    hammered the host stands out against it, and a lasting shift of the host (a neighbour that
+    stays, or leaves) becomes the new usual value after one group's attempts instead of
+    postponing every later group. The run's final judgement is `rebase_sentinel`'s, against all
+    groups.
     Before each retry the harness sleeps ``pause_s``, doubling every time (a neighbour's burst
     on this VM lasted minutes: back-to-back retries only measured it again).
     Returns the stats of the attempt whose sentinel was closest (every
@@ -182,8 +185,9 @@ def measure_group(
     best = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         *stats, check = timing.measure_interleaved([*programs, program], clock=clock, warmup=warmup, repeats=repeats)
-        if usual is None:  # the first group sets the usual value
+        if usual is None:  # the first group's first attempt sets the usual value
             usual = check.median_us
+        history.append(check.median_us)
         ratio = check.median_us / usual
         if best is None or abs(ratio - 1) < abs(best[1] - 1):
             best = (stats, ratio, attempt, check.median_us)
@@ -196,7 +200,6 @@ def measure_group(
             if wait > 0:
                 time.sleep(wait)
     stats, ratio, chosen, sentinel_us = best
-    history.append(sentinel_us)
     return stats, {
         "sentinel_ratio": round(ratio, 4),
         "sentinel_vs_table": round(sentinel_us / table_us, 4),
@@ -205,20 +208,48 @@ def measure_group(
     }
 
 
+def point_key(row: dict[str, Any]) -> tuple[str, int, int]:
+    return (row["phase"], int(row["batch"]), int(row["context"]))
+
+
+def rebase_sentinel(rows: list[dict[str, Any]], group: int) -> dict[tuple[str, int, int], float]:
+    """Re-express every row's ``sentinel_ratio`` against the run's usual sentinel value: per grid
+    point, the median over groups of each group's sentinel (``sentinel_vs_table``, one value per
+    group). Returns that usual value per point.
+
+    During the run a group is judged against the groups before it, so a run that starts while
+    the host is slow would judge every later, undisturbed group as off; against the median of
+    all groups, the slow start is what stands out, and it is measured again (`validate_table`).
+    """
+    per_point: dict[tuple[str, int, int], dict[int, float]] = {}
+    for r in rows:
+        value = r.get("sentinel_vs_table")
+        if value is not None and pd.notna(value):
+            per_point.setdefault(point_key(r), {}).setdefault(int(r["subnet"]) // group, float(value))
+    usual = {key: statistics.median(groups.values()) for key, groups in per_point.items()}
+    for r in rows:
+        value = r.get("sentinel_vs_table")
+        if value is not None and pd.notna(value):
+            r["sentinel_ratio"] = round(float(value) / usual[point_key(r)], 4)
+    return usual
+
+
 def disturbed(check: dict[str, Any], tolerance: float = 0.02) -> bool:
     """Whether a group's (or a row's) sentinel stayed more than ``tolerance`` off its usual value."""
     ratio = check.get("sentinel_ratio")
     return ratio is not None and pd.notna(ratio) and abs(float(ratio) - 1) > tolerance
 
 
-def closer_attempt(first: tuple[list, dict], second: tuple[list, dict]) -> tuple[list, dict]:
-    """Of a postponed group's two passes, the one whose sentinel was closer to its usual value;
-    attempts are numbered across both passes (a chosen attempt above `MAX_ATTEMPTS` is the second)."""
-    (stats1, check1), (stats2, check2) = first, second
-    attempts = check1["attempts"] + check2["attempts"]
-    if abs(check2["sentinel_ratio"] - 1) < abs(check1["sentinel_ratio"] - 1):
-        return stats2, {**check2, "attempts": attempts, "chosen_attempt": check1["attempts"] + check2["chosen_attempt"]}
-    return stats1, {**check1, "attempts": attempts}
+def closer_pass(first: list[dict[str, Any]], second: list[dict[str, Any]], usual: float) -> list[dict[str, Any]]:
+    """Of a group's two passes at one point (its rows), the one whose sentinel was closer to the
+    run's ``usual`` value, its ratio against it; attempts are numbered across both passes (a chosen
+    attempt above `MAX_ATTEMPTS` is the second)."""
+    before = first[0]["attempts"]
+    attempts = before + second[0]["attempts"]
+    ratios = [abs(rows[0]["sentinel_vs_table"] / usual - 1) for rows in (first, second)]
+    if ratios[1] < ratios[0]:
+        return [{**r, "attempts": attempts, "chosen_attempt": before + r["chosen_attempt"]} for r in second]
+    return [{**r, "attempts": attempts} for r in first]
 
 
 def restore_sentinel_history(rows: list[dict[str, Any]], sentinels: dict, group: int) -> None:
@@ -271,12 +302,14 @@ def validate_table(
     A sentinel (a fixed full-width reference subnet) runs in every group; when it is more than
     ``tolerance`` off its usual value, the machine was disturbed (a noisy neighbour on a shared
     host) and the group is measured again, up to `MAX_ATTEMPTS` times, ``pause_s`` apart and
-    doubling (see `measure_group`). A group still off after that is postponed: measured once
-    more, from fresh copies, after every other group, and the pass whose sentinel was closer is
-    kept (a disturbance lasting minutes then costs a later retry instead of a group of misses).
+    doubling (see `measure_group`). After every group is timed, each group's sentinel is judged
+    again against the median over all groups (`rebase_sentinel`); a group off that is measured
+    once more, from fresh copies, and the pass whose sentinel was closer is kept (a disturbance
+    lasting minutes then costs a later retry instead of a group of misses, and a run that began
+    while the host was slow re-times its first groups instead of every later one).
     With ``resume``, rows whose sentinel stayed off are measured again too.
 
-    Rows are written to ``<table>.validation.csv`` after every subnet, and the fitted calibration
+    Rows are written to ``<table>.validation.csv`` after every group, and the fitted calibration
     into the table's sidecar, so ``predict_latency`` uses it from then on.
     """
     dims = ModelDims.from_config(model.config)
@@ -286,52 +319,64 @@ def validate_table(
     rows: list[dict[str, Any]] = []
     if resume and out is not None and out.is_file():
         # rows timed while the host stayed disturbed are not finished: measure them again now
-        rows = [r for r in pd.read_csv(out).to_dict("records") if not disturbed(r, tolerance)]
+        rows = pd.read_csv(out).to_dict("records")
+        rebase_sentinel(rows, group)
+        rows = [r for r in rows if not disturbed(r, tolerance)]
     finished = {(r["subnet"], r["phase"], r["batch"], r["context"]) for r in rows}
     clock = timing.clock_for(ctx.device)
     sentinels = {p: sentinel(model, table, ctx, p) for p in points}
     restore_sentinel_history(rows, sentinels, group)
 
-    def measure_members(members: list[int], todo: list[Point]) -> dict[Point, tuple[list, dict]]:
+    def measure_members(members: list[int], todo: list[Point]) -> dict[Point, list[dict[str, Any]]]:
+        """Rows of ``members`` at every point of ``todo``, from fresh copies."""
         copies = [subnet_instances(model, shapes[i], ctx, instances) for i in members]
         results = {}
         for point in todo:
             programs = [model_program(subnet, point, ctx) for subnets in copies for subnet in subnets]
-            results[point] = measure_group(
-                programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report
-            )
+            stats, check = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report)
             del programs  # one point's sessions at a time: ONNX Runtime copies every weight
+            base = lookup[(point.phase, point.batch, point.context)]
+            mine = [stats[slot * instances : (slot + 1) * instances] for slot in range(len(members))]
+            raw = [base.raw(shapes[i]) for i in members]
+            results[point] = [{**_row(i, shapes[i], point, mine[k], raw[k]), **check} for k, i in enumerate(members)]
         return results
 
-    def record(members: list[int], results: dict[Point, tuple[list, dict]]) -> None:
-        for point, (stats, check) in results.items():
-            base = lookup[(point.phase, point.batch, point.context)]
-            for slot, i in enumerate(members):
-                if (i, point.phase, point.batch, point.context) not in finished:
-                    mine = stats[slot * instances : (slot + 1) * instances]
-                    rows.append({**_row(i, shapes[i], point, mine, base.raw(shapes[i])), **check})
+    def save() -> None:
         if out is not None:
             atomic.write_text(out, pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False))
 
-    postponed: list[tuple[list[int], dict]] = []
-    for start in range(0, len(shapes), group):
-        members = list(range(start, min(start + group, len(shapes))))
+    groups = [list(range(start, min(start + group, len(shapes)))) for start in range(0, len(shapes), group)]
+    off_groups = 0
+    for members in groups:
         todo = [p for p in points if any((i, p.phase, p.batch, p.context) not in finished for i in members)]
         if todo:
             results = measure_members(members, todo)
-            if any(disturbed(check, tolerance) for _, check in results.values()):
-                postponed.append((members, results))  # the host was off all along: try again at the end
+            rows.extend(r for new in results.values() for r in new if (r["subnet"], *point_key(r)) not in finished)
+            save()
+            if any(disturbed(new[0], tolerance) for new in results.values()):
+                off_groups += 1
                 if report is not None:
-                    report(f"{len(postponed)} group(s) postponed: the host stayed disturbed")
-            else:
-                record(members, results)
+                    report(f"{off_groups} group(s) postponed: the host stayed disturbed")
         if progress:
             progress(len(members))
-    for number, (members, first) in enumerate(postponed, 1):
+
+    usual = rebase_sentinel(rows, group)
+    second = []
+    for members in groups:
+        off = sorted({point_key(r) for r in rows if int(r["subnet"]) in members and disturbed(r, tolerance)})
+        if off:
+            second.append((members, [p for p in points if (p.phase, p.batch, p.context) in off]))
+    for number, (members, todo) in enumerate(second, 1):
         if report is not None:
-            report(f"postponed group {number}/{len(postponed)}: second pass")
-        again = measure_members(members, list(first))
-        record(members, {p: closer_attempt(first[p], again[p]) for p in first})
+            report(f"postponed group {number}/{len(second)}: second pass")
+        again = measure_members(members, todo)
+        for point, new in again.items():
+            key = (point.phase, point.batch, point.context)
+            first = [r for r in rows if int(r["subnet"]) in members and point_key(r) == key]
+            rows[:] = [r for r in rows if not (int(r["subnet"]) in members and point_key(r) == key)]
+            rows.extend(closer_pass(first, new, usual[key]))
+        save()
+    rebase_sentinel(rows, group)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return finish_validation(table, frame, n, calibrate, seed)
 

@@ -212,21 +212,26 @@ def point_key(row: dict[str, Any]) -> tuple[str, int, int]:
     return (row["phase"], int(row["batch"]), int(row["context"]))
 
 
-def rebase_sentinel(rows: list[dict[str, Any]], group: int) -> dict[tuple[str, int, int], float]:
-    """Re-express every row's ``sentinel_ratio`` against the run's usual sentinel value: per grid
-    point, the median over groups of each group's sentinel (``sentinel_vs_table``, one value per
-    group). Returns that usual value per point.
-
-    During the run a group is judged against the groups before it, so a run that starts while
-    the host is slow would judge every later, undisturbed group as off; against the median of
-    all groups, the slow start is what stands out, and it is measured again (`validate_table`).
-    """
+def group_sentinels(rows: list[dict[str, Any]], group: int) -> dict[tuple[str, int, int], dict[int, float]]:
+    """Each group's sentinel (``sentinel_vs_table``, one value per group) per grid point."""
     per_point: dict[tuple[str, int, int], dict[int, float]] = {}
     for r in rows:
         value = r.get("sentinel_vs_table")
         if value is not None and pd.notna(value):
             per_point.setdefault(point_key(r), {}).setdefault(int(r["subnet"]) // group, float(value))
-    usual = {key: statistics.median(groups.values()) for key, groups in per_point.items()}
+    return per_point
+
+
+def rebase_sentinel(rows: list[dict[str, Any]], group: int) -> dict[tuple[str, int, int], float]:
+    """Re-express every row's ``sentinel_ratio`` against the run's usual sentinel value: per grid
+    point, the median over groups of each group's sentinel (`group_sentinels`). Returns that usual
+    value per point.
+
+    During the run a group is judged against the groups before it, so a run that starts while
+    the host is slow would judge every later, undisturbed group as off; against the median of
+    all groups, the slow start is what stands out, and it is measured again (`validate_table`).
+    """
+    usual = {key: statistics.median(groups.values()) for key, groups in group_sentinels(rows, group).items()}
     for r in rows:
         value = r.get("sentinel_vs_table")
         if value is not None and pd.notna(value):
@@ -260,13 +265,10 @@ def restore_sentinel_history(rows: list[dict[str, Any]], sentinels: dict, group:
     checks new groups against the same usual value instead of letting its first group (perhaps
     a disturbed one) set it.
     """
+    per_point = group_sentinels(rows, group)
     for point, (_, history, table_us) in sentinels.items():
-        per_group = {}
-        for r in rows:
-            value = r.get("sentinel_vs_table")
-            if (r["phase"], r["batch"], r["context"]) == (point.phase, point.batch, point.context) and pd.notna(value):
-                per_group.setdefault(int(r["subnet"]) // group, float(value) * table_us)
-        history.extend(per_group.values())
+        groups = per_point.get((point.phase, point.batch, point.context), {})
+        history.extend(value * table_us for value in groups.values())
 
 
 def subnet_instances(model: nn.Module, shape: Shape, ctx: Context, count: int) -> list[nn.Module]:

@@ -206,12 +206,11 @@ def storage_url(request: FindRequest) -> str | Path:
     return request.storage or request.out / "study.journal"
 
 
-def open_quality_cache(
-    request: FindRequest, signature: str, plan: Plan, eval_settings: dict[str, Any]
-) -> tuple[Any, QualityCache]:
-    """The request's Optuna storage and the quality cache of its source and evaluation settings."""
+def open_quality_cache(request: FindRequest, source: str, eval_settings: dict[str, Any]) -> tuple[Any, QualityCache]:
+    """The request's Optuna storage and the quality cache of its source (`source_signature`) and
+    evaluation settings."""
     storage = open_storage(storage_url(request))
-    return storage, QualityCache(storage, cache_study_name(source_signature(request, signature, plan), eval_settings))
+    return storage, QualityCache(storage, cache_study_name(source, eval_settings))
 
 
 def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
@@ -259,10 +258,11 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         ModelDims.from_config(config), plan.ordering, ffn_step=table.meta["settings"].get("ffn_step", 64)
     )
     quality = QualitySource(request, plan)
-    storage, cache = open_quality_cache(request, signature, plan, quality.eval_settings)
+    source = source_signature(request, signature, plan)  # hashes a supernet's adapter weights: once
+    storage, cache = open_quality_cache(request, source, quality.eval_settings)
     margin = budget_margin(request.margin, table, request.phase, request.batch, request.context)
     search_budget_ms = margin.search_budget(request.budget_ms)
-    study_name = request.study or study_name_for(request, table, source_signature(request, signature, plan), margin)
+    study_name = request.study or study_name_for(request, table, source, margin)
     try:
         result = search(
             space,
@@ -385,7 +385,7 @@ def known_qualities(request: FindRequest) -> Any:
 
     name, signature, _, plan = _model_identity(request)
     settings = QualitySource(request, plan).eval_settings
-    _, cache = open_quality_cache(request, signature, plan, settings)
+    _, cache = open_quality_cache(request, source_signature(request, signature, plan), settings)
     selection = f"{plan.depth_method}+{plan.width_method}" + ("+smol" if request.supernet else "")
     records = [(shape_from_key(key), quality) for key, quality in cache.items()]
     return qualities_frame(records, selection, settings["metric"], name, signature)

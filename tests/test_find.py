@@ -266,3 +266,10 @@ def test_budget_hit_rates_score_each_half_with_the_other_halfs_margin():
     # {0, 2} under {1, 3}'s margin (95th pct of -5 %, +10 % = 9.25 %): both met; {1, 3} under 1.9 %: only 3
     assert rates["met_auto_margin"] == 0.75
     assert rates["cross_margin_pct"] == pytest.approx((9.25 + 1.9) / 2)
+
+
+def test_a_bad_margin_on_the_command_line_says_how_to_write_one(setup, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--margin", "150%")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "percentage below 100" in err and len(err.splitlines()) == 1

@@ -32,7 +32,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--budget", required=True, help="latency budget: 30ms, 0.03s, 2.5ms or 30 (ms)")
     parser.add_argument(
         "--margin",
-        type=parse_margin,
         default="auto",
         help="share of the budget kept free for prediction error: auto (default: the 95th percentile of "
         "how far held-out subnets ran over their prediction in the table's validation file; 0 without "
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(
         budget_ms=budget_ms,
-        margin=args.margin,
+        margin=parse_margin(args.margin),
         table=args.profile,
         profiles=Path(args.profiles),
         device=args.device,

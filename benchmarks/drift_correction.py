@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from amoebasearch.profile.table import load_table
-from amoebasearch.profile.validate import apply_calibration, fit_calibration, summary
+from amoebasearch.profile.validate import GROUP_SIZE, apply_calibration, fit_calibration, group_sentinels, summary
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,7 +57,8 @@ def main() -> None:
         table = load_table(str(path).removesuffix(".validation.csv") + ".csv")
         raw, fixed = scored(validation, table), scored(corrected(validation), table)
         for phase, frame in validation.groupby("phase"):
-            per_group = frame.drop_duplicates("subnet")["sentinel_ratio"]
+            sentinels = group_sentinels(frame.to_dict("records"), GROUP_SIZE)
+            per_group = pd.Series([value for groups in sentinels.values() for value in groups.values()])
             loo_raw, loo_fixed = loo_mape(frame), loo_mape(corrected(frame))
             rows.append(
                 {

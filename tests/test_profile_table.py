@@ -141,3 +141,15 @@ def test_resume_after_a_kill_keeps_finished_rows(tmp_path, monkeypatch):
     assert not {("decoder", h, f, "decode", 1, 8) for h, f in measured} & finished
     reloaded = load_table(csv)
     assert len(reloaded.rows) == 7 and reloaded.meta["layer_index_check"]["layers"] == [0, 2, 3]
+
+
+def test_widths_are_timed_in_order_of_cost_with_heads_and_ffn_interleaved():
+    from amoebasearch.profile.profiler import by_size
+    from amoebasearch.shape import ModelDims
+
+    dims = ModelDims(num_layers=30, num_heads=9, num_kv_heads=3, ffn=1536, hidden=576, head_dim=64)
+    widths = [(h, f) for h in (3, 6, 9) for f in (64, 768, 1536)]
+    ordered = by_size(dims, widths, Point("prefill", 1, 128))
+    assert ordered[0] == (3, 64) and ordered[-1] == (9, 1536)
+    assert ordered.index((9, 64)) < ordered.index((3, 1536))  # a wide FFN outweighs more heads
+    assert sorted(ordered) == sorted(widths)

@@ -60,6 +60,24 @@ def test_interleaving_alternates_programs_and_resets():
     assert [s.median_us for s in stats] == [1.0, 2.0]
 
 
+def test_alternate_rounds_run_back_and_forth_and_keep_each_programs_samples():
+    order = []
+
+    class LastProgramClock(timing.Clock):
+        """'Times' a call as the value of the program that just ran."""
+
+        def start(self):
+            return None
+
+        def stop(self, token):
+            return {"a": 1.0, "b": 2.0, "c": 3.0}[order[-1]]
+
+    programs = [(lambda x, name=name: order.append(name), lambda: None, None) for name in "abc"]
+    stats = timing.measure_interleaved(programs, clock=LastProgramClock(), warmup=0, repeats=20, alternate=True)
+    assert "".join(order[:9]) == "abccbaabc"  # the widest never wraps round to the narrowest
+    assert [s.median_us for s in stats] == [1.0, 2.0, 3.0]
+
+
 def test_too_few_repeats_is_refused():
     with pytest.raises(ValueError, match="at least 20"):
         timing.measure(lambda x: None, lambda: None, repeats=5)

@@ -32,8 +32,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Measure every building block of the shape space on one device and runtime, write "
         "profiles/<model>-<device>-<runtime>-<dtype>.csv (+ .json sidecar), optionally validate the "
         "predictor on real extracted subnets. With --estimate DEVICE, write a roofline table instead. "
-        "The default grid (prefill and decode, batch 1, context 128, 3 instances) takes 7-8 minutes per runtime "
-        "for SmolLM2-135M on one core of a 2-core AMD EPYC, plus 20-33 minutes for --validate 50.",
+        "The default grid (prefill and decode, batch 1, context 128, 3 instances) takes 6-10 minutes per runtime "
+        "for SmolLM2-135M on one core of a 2-core AMD EPYC or Intel Xeon VM, plus 20-80 minutes for --validate 50 "
+        "(longer on a noisy host: disturbed groups are timed again).",
     )
     add_model_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")

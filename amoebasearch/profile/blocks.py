@@ -10,6 +10,8 @@ Decoder blocks are timed as a *stack* of ``STACK`` distinct real blocks of the s
 divided by the stack depth, and all widths of a grid point are timed round-robin: between two
 runs of one stack every other stack runs, so each block reads its weights from memory as it
 does inside a real subnet (where the LM head alone evicts the last-level cache every step).
+The round goes from the cheapest width to the dearest and back, so a stack never runs right
+after one far wider than itself (inside a subnet, a block follows blocks of its own width).
 """
 
 from __future__ import annotations

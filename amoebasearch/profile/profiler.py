@@ -19,6 +19,7 @@ from torch import nn
 from amoebasearch.models import model_signature
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
+from amoebasearch.profile.estimate import block_cost
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
 from amoebasearch.profile.table import LatencyTable, table_row
 from amoebasearch.shape import ModelDims
@@ -100,9 +101,13 @@ def decoder_rows(
     """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth.
 
     Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
-    is their median (see `Runtime.instances` for why one allocation is not enough).
+    is their median (see `Runtime.instances` for why one allocation is not enough). Widths run
+    smallest to largest and back (`by_size`, ``alternate``), so each stack follows one of
+    similar size, as inside a subnet.
     """
     count = settings["instances"]
+    dims = ModelDims.from_config(model.config)
+    widths = by_size(dims, widths, point)
     # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
     programs = [
         stack_program(stack, point, ctx)
@@ -110,13 +115,18 @@ def decoder_rows(
         for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
     ]
     stats = timing.measure_interleaved(
-        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"]
+        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"], alternate=True
     )
-    depth = stack_depth(ModelDims.from_config(model.config))
+    depth = stack_depth(dims)
     return [
         _row("decoder", h, f, point, timing.median_of_instances(stats[i * count : (i + 1) * count]), scale=depth)
         for i, (h, f) in enumerate(widths)
     ]
+
+
+def by_size(dims: ModelDims, widths: list[tuple[int, int]], point: Point) -> list[tuple[int, int]]:
+    """Widths ordered by one block's FLOPs at the point (heads and FFN interleaved by cost)."""
+    return sorted(widths, key=lambda w: (block_cost(dims, w[0], w[1], point, dtype_bytes=4).flops, w))
 
 
 def profile_model(
@@ -192,6 +202,7 @@ def table_meta(
             **settings,
             "grid": [asdict(p) for p in points],
             "stack_depth": stack_depth(dims),
+            "stack_order": "by FLOPs, there and back",  # absent: tables timed one way, heads then FFN
             "clock": "cuda-events" if device.startswith("cuda") else "perf_counter_ns",
             "threads": torch.get_num_threads(),
         },

@@ -141,9 +141,10 @@ def measure_interleaved(
     clock: Clock | None = None,
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
+    alternate: bool = False,
 ) -> list[Stats]:
     """`sample_interleaved`, summarised per program."""
-    samples = sample_interleaved(programs, clock=clock, warmup=warmup, repeats=repeats)
+    samples = sample_interleaved(programs, clock=clock, warmup=warmup, repeats=repeats, alternate=alternate)
     return [summarize(s) for s in samples]
 
 
@@ -153,12 +154,19 @@ def sample_interleaved(
     clock: Clock | None = None,
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
+    alternate: bool = False,
 ) -> list[list[float]]:
     """Time several ``(run, make_input, reset)`` programs round-robin, one repeat each per round.
 
     Returns the raw samples (microseconds) per program; sample ``i`` of every program comes
     from the same round, so paired differences cancel drift. ``reset`` (optional, untimed) runs
     after every call, e.g. to crop a KV cache back to its context length.
+
+    ``alternate`` runs every other round in reverse order. A program's time depends on what ran
+    just before it: on the Intel Xeon VM the narrowest decoder stack, run right after the widest
+    (the wrap-around of a plain round-robin over widths sorted by size), read 27 % (prefill) and
+    8.5x (decode) over its time inside a real subnet. Sorted by size and run there and back, every program
+    follows one of similar size, as each block of a real subnet follows one of its own width.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
@@ -169,8 +177,9 @@ def sample_interleaved(
             if reset is not None:
                 reset()
     samples: list[list[float]] = [[] for _ in programs]
-    for _ in range(repeats):
-        for index, (run, make_input, reset) in enumerate(programs):
+    forward = list(enumerate(programs))
+    for round_index in range(repeats):
+        for index, (run, make_input, reset) in forward[::-1] if alternate and round_index % 2 else forward:
             data = make_input()
             token = clock.start()
             run(data)

@@ -144,6 +144,8 @@ def _row(index: int, shape: Shape, point: Point, instances: list[timing.Stats], 
 
 
 MAX_ATTEMPTS = 5
+# subnets timed together, round-robin, with one sentinel: drift hits a group's members alike
+GROUP_SIZE = 4
 
 
 def sentinel(model: nn.Module, table: LatencyTable, ctx: Context, point: Point):
@@ -290,7 +292,7 @@ def validate_table(
     warmup: int = 3,
     repeats: int = 21,
     resume: bool = False,
-    group: int = 4,
+    group: int = GROUP_SIZE,
     instances: int = 3,
     tolerance: float = 0.02,
     pause_s: float = 0.0,

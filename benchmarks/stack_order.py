@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -38,9 +37,9 @@ from fingerprint import machine  # noqa: E402
 from amoebasearch.export import extract  # noqa: E402
 from amoebasearch.models import load  # noqa: E402
 from amoebasearch.profile import timing  # noqa: E402
-from amoebasearch.profile.blocks import STACK, Point, share_embeddings, stack_model, width_options  # noqa: E402
-from amoebasearch.profile.profiler import by_size  # noqa: E402
-from amoebasearch.profile.programs import Context, model_program, stack_program  # noqa: E402
+from amoebasearch.profile.blocks import Point, share_embeddings, width_options  # noqa: E402
+from amoebasearch.profile.profiler import decoder_rows  # noqa: E402
+from amoebasearch.profile.programs import Context, model_program  # noqa: E402
 from amoebasearch.profile.runtimes import get_runtime  # noqa: E402
 from amoebasearch.shape import ModelDims, Shape  # noqa: E402
 
@@ -61,14 +60,11 @@ def in_subnet(model, ctx: Context, point: Point) -> dict[tuple[int, int], float]
     return {(h, f): (stats[(h, f, high)].median_us - stats[(h, f, low)].median_us) / (high - low) for h, f in PROBES}
 
 
-def stacks(model, ctx: Context, point: Point, widths, alternate: bool) -> dict[tuple[int, int], float]:
-    programs = [
-        stack_program(stack, point, ctx)
-        for h, f in widths
-        for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), 3)
-    ]
-    stats = timing.measure_interleaved(programs, clock=timing.clock_for("cpu"), alternate=alternate)
-    return {w: statistics.median(s.median_us / STACK for s in stats[3 * i : 3 * i + 3]) for i, w in enumerate(widths)}
+def stacks(model, ctx: Context, point: Point, widths, there_and_back: bool) -> dict[tuple[int, int], float]:
+    """Per-block time of every width, timed exactly as `profile` times it (or one way)."""
+    settings = {"clock": timing.clock_for("cpu"), "warmup": 3, "repeats": 21, "instances": 3}
+    rows = decoder_rows(model, ctx, point, widths, settings, there_and_back=there_and_back)
+    return {(r["heads"], r["ffn"]): r["median_us"] for r in rows}
 
 
 def main() -> None:
@@ -83,10 +79,10 @@ def main() -> None:
     model = load().model
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32, seed=0)
     dims = ModelDims.from_config(model.config)
-    widths = by_size(dims, width_options(dims, 64), point)
+    widths = width_options(dims, 64)  # decoder_rows orders them by cost itself
     truth = in_subnet(model, ctx, point)
-    plain = stacks(model, ctx, point, widths, alternate=False)
-    there_and_back = stacks(model, ctx, point, widths, alternate=True)
+    plain = stacks(model, ctx, point, widths, there_and_back=False)
+    there_and_back = stacks(model, ctx, point, widths, there_and_back=True)
     rows = [
         {
             "heads": h,

@@ -96,14 +96,20 @@ def fixed_rows(model: nn.Module, ctx: Context, point: Point, settings: dict) -> 
 
 
 def decoder_rows(
-    model: nn.Module, ctx: Context, point: Point, widths: list[tuple[int, int]], settings: dict
+    model: nn.Module,
+    ctx: Context,
+    point: Point,
+    widths: list[tuple[int, int]],
+    settings: dict,
+    there_and_back: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth.
 
     Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
     is their median (see `Runtime.instances` for why one allocation is not enough). Widths run
     smallest to largest and back (`by_size`, ``alternate``), so each stack follows one of
-    similar size, as inside a subnet.
+    similar size, as inside a subnet; ``there_and_back=False`` (for `benchmarks/stack_order.py`)
+    runs every round one way.
     """
     count = settings["instances"]
     dims = ModelDims.from_config(model.config)
@@ -115,7 +121,11 @@ def decoder_rows(
         for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
     ]
     stats = timing.measure_interleaved(
-        programs, clock=settings["clock"], warmup=settings["warmup"], repeats=settings["repeats"], alternate=True
+        programs,
+        clock=settings["clock"],
+        warmup=settings["warmup"],
+        repeats=settings["repeats"],
+        alternate=there_and_back,
     )
     depth = stack_depth(dims)
     return [

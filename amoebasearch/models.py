@@ -196,6 +196,24 @@ def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) 
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=str(path))
 
 
+def random_weights(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
+    """The model's architecture from its config alone, with seeded random weights.
+
+    Latency depends on shapes, not on weight values, so a device can be profiled from a
+    checkpoint directory holding only ``config.json`` where the weights cannot travel (e.g. a
+    lent GPU with a small upload limit). The table's signature is the config's, as for real weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    name, path = resolve(name_or_path)
+    config = load_config(str(path))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=None, name=name, source=f"{path} (config only, random weights)")
+
+
 def describe(loaded: LoadedModel) -> dict[str, Any]:
     """A summary of the model for `amoebasearch info` and notebooks."""
     config = loaded.model.config

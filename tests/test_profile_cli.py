@@ -46,3 +46,27 @@ def test_unknown_phase_and_device(capsys, tiny_checkpoint):
 def test_unknown_estimate_device(capsys, tiny_checkpoint):
     err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--estimate", "tpu-v9"])
     assert "no spec sheet" in err
+
+
+def test_random_weights_profile_from_config_alone(tmp_path, tiny_checkpoint):
+    """A directory with only config.json profiles with seeded random weights: same signature, recorded."""
+    import shutil
+
+    from amoebasearch.models import load_config, model_signature, random_weights
+    from amoebasearch.profile import load_table
+
+    config_only = tmp_path / "config-only" / "tiny-llama"
+    config_only.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint / "config.json", config_only / "config.json")
+    first = random_weights(str(config_only), seed=3).model.state_dict()
+    again = random_weights(str(config_only), seed=3).model.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert first["model.layers.0.mlp.up_proj.weight"].std() > 0  # real random values, never zeros
+
+    out = tmp_path / "profiles"
+    argv = ["profile", "--model", str(config_only), "--random-weights", "--phases", "decode", "--context", "8"]
+    assert main([*argv, "--out", str(out)]) == 0
+    table = load_table(next(out.glob("tiny-llama-*.csv")))
+    assert table.meta["settings"]["weights"].startswith("random")
+    assert table.signature == model_signature(load_config(str(tiny_checkpoint)))
+    assert (table.rows["median_us"] > 0).all()

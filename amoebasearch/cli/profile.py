@@ -73,6 +73,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ffn-step", type=positive_int, default=64, help="FFN width granularity (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs and validation subnets")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the model from its config.json with seeded random weights (latency depends on shapes "
+        "only; for devices the weights cannot be copied to); recorded in the table's settings",
+    )
     parser.set_defaults(run=run)
 
 
@@ -108,7 +114,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     import torch
     from tqdm import tqdm
 
-    from amoebasearch.models import load, load_config
+    from amoebasearch.models import load, load_config, random_weights
     from amoebasearch.profile import profiler
     from amoebasearch.profile.runtimes import get_runtime
     from amoebasearch.profile.timing import fix_malloc_thresholds
@@ -119,7 +125,10 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     config = load_config(args.model)
     points = profiler.grid(args.phases, args.batch, args.context)
     malloc = fix_malloc_thresholds()  # before the model and every program allocate
-    loaded = load(args.model, dtype=dtype)
+    if args.random_weights:
+        loaded = random_weights(args.model, dtype=dtype, seed=args.seed)
+    else:
+        loaded = load(args.model, dtype=dtype)
     model = loaded.model.to(device)
     settings = {
         "repeats": args.repeats,
@@ -129,6 +138,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
         "pinned": pinned,
         "instances": args.instances,
         "malloc": malloc,
+        "weights": "random (seeded), from config.json" if args.random_weights else "checkpoint",
     }
     table = profiler.open_table(
         args.out, loaded.name, config, runtime, device, dtype_name, points, settings, args.resume

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One call on a lent NVIDIA GPU (the device tool): profile cuda:0 for real and validate the predictor.
+#
+# The GPU image lacks some of our pins and cannot reach PyPI, and the SmolLM2 weights (98 MB GGUF)
+# exceed the tool's 64 MiB upload, so the call carries (both git-ignored, prepared on this machine):
+#   .whl/                   wheels: transformers 5.24, peft, optuna (+ alembic, sqlalchemy, mako, colorlog), regex
+#   .gpu/smollm2-135m/      config.json of the real model (latency depends on shapes, not weight values:
+#                           `profile --random-weights` builds the real architecture with seeded weights)
+# and runs, each step under its own time cap so a slow one cannot starve the rest:
+#   eager   default grid (prefill + decode, batch 1, context 128), --validate 50
+#   compile the same (torch.compile per block, CUDA graphs), --validate 50
+#   onnxruntime: expected to refuse in one line (the image's ORT has no CUDA execution provider)
+# Tables, sidecars and validation files end up in $OUT/gpu_session.tgz, beside $OUT/gpu_session.log.
+set -u
+OUT=${OUT:-/tmp/gpu-session}
+DEVICE=${DEVICE:-cuda:0}
+MODEL=${MODEL:-.gpu/smollm2-135m}
+EAGER_S=${EAGER_S:-330}
+COMPILE_S=${COMPILE_S:-170}
+INSTANCES=${INSTANCES:-2}  # 2, not the CPU default 3, so both validations fit one 10-minute call
+WHEELS=${WHEELS:-.whl}  # WHEELS=none to use the installed packages (e.g. a dry run in .venv)
+mkdir -p "$OUT"
+log=$OUT/gpu_session.log
+if [ -d "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    >>"$log" 2>&1 || { echo "wheel install failed" | tee -a "$log"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
+{
+  date -u; nvidia-smi 2>&1 | head -15; nproc
+  python3 -c "import torch, transformers, peft, optuna, pandas, pynvml; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| optuna', optuna.__version__, '| pandas', pandas.__version__)"
+} >>"$log" 2>&1
+
+step() {  # step SECONDS ARGS...: one profile run under a time cap (SIGINT first, so finished rows are saved)
+  local seconds=$1; shift
+  echo "== $(date -u +%T) amoebasearch $*" >>"$log"
+  timeout --signal=INT --kill-after=20 "$seconds" python3 -m amoebasearch "$@" >>"$log" 2>&1
+  echo "== $(date -u +%T) exit $?" >>"$log"
+}
+common=(profile --device "$DEVICE" --model "$MODEL" --random-weights --validate 50 --pause 0 --instances "$INSTANCES" --out "$OUT")
+step "$EAGER_S" "${common[@]}" --runtime eager
+step "$COMPILE_S" "${common[@]}" --runtime compile
+step 30 profile --device "$DEVICE" --model "$MODEL" --random-weights --runtime onnxruntime --dtype float16 --out "$OUT"
+grep -E "within 5%|table:|error|Error|== " "$log" | tail -40
+# one archive, so the tool's 8-file limit never drops a table; the log stays beside it
+(cd "$OUT" && tar czf gpu_session.tgz --exclude=gpu_session.log --exclude=gpu_session.tgz -- * && find . -maxdepth 1 -type f ! -name 'gpu_session.*' -delete)
+ls -la "$OUT"

@@ -43,8 +43,10 @@ def extract(model: nn.Module, shape: Shape, ordering: Ordering | None = None) ->
     shape.validate(dims)
     ordering = ordering if ordering is not None else Ordering.identity(dims)
     config = subnet_config(model.config, shape)
-    dtype = next(model.parameters()).dtype
-    subnet = type(model)(config).to(dtype=dtype)
+    reference = next(model.parameters())
+    # built where the parent lives (a subnet of a GPU model is a GPU model), in its dtype
+    with torch.device(reference.device):
+        subnet = type(model)(config).to(dtype=reference.dtype)
     subnet.eval()
 
     source_layers = decoder_layers(model)

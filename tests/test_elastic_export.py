@@ -92,3 +92,12 @@ def test_elastic_forward_backpropagates_into_kept_weights_only(llama_model):
     assert layers[1].mlp.up_proj.weight.grad is None
     grad = layers[0].mlp.up_proj.weight.grad
     assert grad[:64].abs().sum() > 0 and grad[64:].abs().sum() == 0
+
+
+def test_extract_builds_the_subnet_on_the_parents_device():
+    """A subnet of a GPU model must be a GPU model: built on the parent's device (meta stands in for cuda)."""
+    from conftest import tiny_model
+
+    parent = tiny_model("llama").to(device="meta", dtype=torch.bfloat16)
+    subnet = extract(parent, Shape((0, 1), 2, 32))
+    assert {(p.device.type, p.dtype) for p in subnet.parameters()} == {("meta", torch.bfloat16)}

@@ -10,8 +10,9 @@ that budget when measured: with no margin, and with `find --margin auto` (the 95
 held-out overruns), cross-validated in two halves so no subnet sets its own margin.
 
 Estimated tables are checked wherever a real measurement of the same device exists: the
-estimated table of this CPU (``--estimate cpu-1t``, efficiencies fitted on the eager table's
-block rows) predicts the held-out eager subnets measured end to end (bar: MAPE <= 15 %).
+estimated table of this CPU (``--estimate cpu-1t``) and of the H100 (``--estimate h100``), each
+with efficiencies fitted on that device's measured eager block rows, predict its held-out eager
+subnets measured end to end (bar: MAPE <= 15 %).
 
     python benchmarks/latency_predictor.py [--profiles profiles/]
 
@@ -78,6 +79,14 @@ def measured_rows(folder: Path) -> list[dict]:
     return out
 
 
+def same_device(spec_slug: str, device: dict) -> bool:
+    """Whether a measured table's device is the one a spec sheet describes (CPU sheets are per core)."""
+    slug = device_slug(device)
+    if spec_slug.startswith("cpu-"):
+        return device.get("kind") == "cpu" and slug.startswith(spec_slug.removesuffix("-1t"))
+    return device.get("kind") == "cuda" and slug == spec_slug
+
+
 def estimate_rows(folder: Path) -> list[dict]:
     """Estimated tables scored against held-out measurements of the same device."""
     out = []
@@ -87,10 +96,8 @@ def estimate_rows(folder: Path) -> list[dict]:
         for table in all_tables:
             if table.estimated or not validation_path(table.path).is_file():
                 continue
-            if not (spec_slug.startswith("cpu-") and table.meta["device"].get("kind") == "cpu"):
-                continue
-            if not device_slug(table.meta["device"]).startswith(spec_slug.removesuffix("-1t")):
-                continue  # a spec sheet is scored on its own CPU only (an EPYC estimate says nothing of a Xeon)
+            if not same_device(spec_slug, table.meta["device"]):
+                continue  # a spec sheet is scored on its own device only (an EPYC estimate says nothing of a Xeon)
             if table.meta["runtime"]["name"] != "eager":  # estimates are fitted on, and model, eager tables
                 continue
             frame = pd.read_csv(validation_path(table.path))

@@ -7,6 +7,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.profile import predict_latency
 from amoebasearch.profile.blocks import Point
 from amoebasearch.profile.estimate import (
+    DEFAULT_EFFICIENCY,
     SPECS,
     Efficiency,
     block_cost,
@@ -89,6 +90,40 @@ def test_fit_recovers_known_efficiencies():
     fitted = fit_efficiency([LatencyTable(pd.DataFrame(rows), meta)], [spec])
     assert fitted.compute == pytest.approx(truth.compute, rel=0.05)
     assert fitted.memory == pytest.approx(truth.memory, rel=0.05)
+
+
+def launch_bound_gpu_table(truth: Efficiency, points: list[Point]) -> LatencyTable:
+    """Decoder rows priced by the roofline with ``truth`` on the H100 spec (bf16)."""
+    spec = SPECS["h100"]
+    rows = [
+        dict(block="decoder", heads=h, ffn=f, phase=p.phase, batch=p.batch, context=p.context, median_us=us)
+        for p in points
+        for h in (3, 6, 9)
+        for f in range(64, 1537, 128)
+        for us in [roofline_us(block_cost(DIMS, h, f, p, 2), spec, "bfloat16", truth)]
+    ]
+    meta = {"format": FORMAT, "dtype": "bfloat16", "model": {"signature": "s", "dims": DIMS.__dict__}}
+    return LatencyTable(pd.DataFrame(rows), meta)
+
+
+def test_prior_keeps_efficiencies_that_launch_bound_rows_cannot_identify():
+    """Batch 1, context 128 on an H100 is all kernel launches: the fit must find the launch cost
+    and leave compute/memory efficiency at the prior, not wherever the log error happens to dip."""
+    prior = DEFAULT_EFFICIENCY["gpu"]
+    truth = Efficiency(0.3, 0.6, 18.0)
+    table = launch_bound_gpu_table(truth, [Point("prefill", 1, 128), Point("decode", 1, 128)])
+    fitted = fit_efficiency([table], [SPECS["h100"]], prior)
+    assert fitted.kernel_us == pytest.approx(truth.kernel_us, rel=0.05)
+    assert fitted.compute == pytest.approx(prior.compute, rel=0.2)
+    assert fitted.memory == pytest.approx(prior.memory, rel=0.2)
+
+
+def test_prior_yields_to_rows_that_do_identify_the_efficiencies():
+    truth = Efficiency(0.2, 0.4, 18.0)
+    big = [Point("prefill", 8, 2048), Point("prefill", 32, 2048), Point("decode", 64, 2048)]
+    fitted = fit_efficiency([launch_bound_gpu_table(truth, big)], [SPECS["h100"]], DEFAULT_EFFICIENCY["gpu"])
+    assert fitted.compute == pytest.approx(truth.compute, rel=0.25)
+    assert fitted.memory == pytest.approx(truth.memory, rel=0.25)
 
 
 def test_estimated_tables_carry_a_warning_and_measured_ones_do_not():

@@ -169,10 +169,11 @@ class Efficiency:
     kernel_us: float
 
 
-# Used for a device kind with no measured table yet (today: every GPU). Typical values for small-
-# batch LLM inference in PyTorch eager on NVIDIA GPUs: large reads reach ~80 % of peak bandwidth,
-# GEMMs of this size ~50 % of dense tensor peak, and each op costs ~8 us of host dispatch + launch.
-# They are assumptions, recorded in the sidecar; `profile` on one real GPU replaces them by a fit.
+# Used for a device kind with no measured table yet, and as the prior of a fit on measured ones.
+# Typical values for small-batch LLM inference in PyTorch eager on NVIDIA GPUs: large reads reach
+# ~80 % of peak bandwidth, GEMMs of this size ~50 % of dense tensor peak, and each op costs ~8 us of
+# host dispatch + launch. They are assumptions, recorded in the sidecar; a measured table of the
+# kind replaces them by a fit (on the lent H100: ~18.6 us per kernel, efficiencies left at these).
 DEFAULT_EFFICIENCY = {"gpu": Efficiency(compute=0.5, memory=0.8, kernel_us=8.0)}
 
 
@@ -187,10 +188,23 @@ def _decoder_frame(table: LatencyTable) -> pd.DataFrame:
     return rows[rows["block"] == "decoder"]
 
 
-def fit_efficiency(tables: list[LatencyTable], specs: list[DeviceSpec]) -> Efficiency:
+# Weight of the prior per decoder row, on squared log distance of each efficiency from its prior.
+# A table measured where launches dominate (a GPU at batch 1, short context: ~17 us per kernel on the
+# lent H100's host, roofline terms a few us) barely constrains the efficiencies, and an unanchored
+# fit drove them to 1 % and 3 % of peak, which then priced a batch-8, 2048-token prefill block 18x
+# dearer (17 ms, not 1 ms).
+# At 0.001 a move from 0.5 to 0.01 costs ~0.015 per row, far more than such data gains (rows within
+# a few % either way); rows whose roofline terms matter still pull the efficiencies where they belong.
+PRIOR_WEIGHT = 0.001
+
+
+def fit_efficiency(tables: list[LatencyTable], specs: list[DeviceSpec], prior: Efficiency | None = None) -> Efficiency:
     """Efficiencies and kernel cost minimising squared log error over the tables' decoder rows.
 
-    A coarse-to-fine grid search over three parameters: cheap, robust, and no solver dependency.
+    With a ``prior`` (the default efficiencies of the device kind), compute and memory efficiency
+    are also pulled towards it (`PRIOR_WEIGHT`), so rows that cannot tell them apart leave them at
+    the prior instead of anywhere. A coarse-to-fine grid search over three parameters: cheap,
+    robust, and no solver dependency.
     """
     samples = []
     for table, spec in zip(tables, specs, strict=True):
@@ -205,7 +219,11 @@ def fit_efficiency(tables: list[LatencyTable], specs: list[DeviceSpec]) -> Effic
         raise UsageError("no measured decoder rows to fit efficiencies on: profile a device first")
 
     def loss(eff: Efficiency) -> float:
-        return sum(math.log(roofline_us(c, s, d, eff) / m) ** 2 for c, s, d, m in samples)
+        fit = sum(math.log(roofline_us(c, s, d, eff) / m) ** 2 for c, s, d, m in samples)
+        if prior is None:
+            return fit
+        anchor = math.log(eff.compute / prior.compute) ** 2 + math.log(eff.memory / prior.memory) ** 2
+        return fit + PRIOR_WEIGHT * len(samples) * anchor
 
     best = Efficiency(0.5, 0.5, 1.0)
     ranges = {"compute": (1e-3, 4.0), "memory": (1e-3, 8.0), "kernel_us": (0.01, 200.0)}
@@ -313,7 +331,7 @@ def estimate_to_file(device, model, out_dir: Path, phases, batches, contexts, dt
     dtype = dtype or spec.default_dtype
     calibration = [t for t in measured_tables(out_dir, signature) if table_kind(t) == spec.kind]
     if calibration:
-        eff = fit_efficiency(calibration, [spec_for_table(t) for t in calibration])
+        eff = fit_efficiency(calibration, [spec_for_table(t) for t in calibration], DEFAULT_EFFICIENCY.get(spec.kind))
         note = estimate_error_note(calibration, eff)
     elif spec.kind in DEFAULT_EFFICIENCY:
         eff = DEFAULT_EFFICIENCY[spec.kind]

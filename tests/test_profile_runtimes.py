@@ -104,19 +104,48 @@ def test_cuda_programs_run():
     run(make())
 
 
-def test_compile_runtime_matches_eager_on_a_stack():
+DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_runtime_matches_eager_on_a_stack(device):
+    """Extracted stacks (as the profiler times them) compiled per block equal eager, on CPU and,
+    where present, on CUDA with CUDA graphs (where each block replays one graph)."""
     from amoebasearch.profile.blocks import BlockStack, stack_model
 
-    model = tiny_model("llama")
-    runtime = get_runtime("compile", "cpu", torch.float32)
+    model = tiny_model("llama").to(device)
+    runtime = get_runtime("compile", device, torch.float32)
     eager_stack = stack_model(model, 2, 64)
     compiled_stack = runtime.prepare_model(stack_model(model, 2, 64))
-    ctx = Context(runtime, "cpu", torch.float32)
-    run, make, _ = stack_program(compiled_stack, Point("prefill", 1, 8), ctx)
-    args = make()
-    with torch.no_grad():
-        expected = BlockStack(eager_stack.model.layers)(*args)
-    torch.testing.assert_close(run(args), expected, rtol=1e-4, atol=1e-4)
+    ctx = Context(runtime, device, torch.float32)
+    for point in (Point("prefill", 1, 8), Point("decode", 1, 8)):
+        run, make, _ = stack_program(compiled_stack, point, ctx)
+        for _ in range(3):  # repeated calls: graph replays must not clobber each other's outputs
+            args = make()
+            with torch.no_grad():
+                expected = BlockStack(eager_stack.model.layers)(*args)
+            torch.testing.assert_close(run(args), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_cuda_subnet_programs_run(name):
+    """What validation times on a GPU: an extracted subnet, whole, in each runtime."""
+    from amoebasearch.export import extract
+    from amoebasearch.profile.blocks import share_embeddings
+    from amoebasearch.shape import Shape
+
+    model = tiny_model("llama").to("cuda")
+    runtime = get_runtime(name, "cuda:0", torch.float32)
+    subnet = runtime.prepare_model(share_embeddings(extract(model, Shape((0, 1), 2, 64)), model))
+    ctx = Context(runtime, "cuda:0", torch.float32)
+    for point in (Point("prefill", 1, 8), Point("decode", 1, 8)):
+        run, make, reset = model_program(subnet, point, ctx)
+        for _ in range(3):
+            out = run(make())
+            if reset:
+                reset()
+        assert torch.isfinite(torch.as_tensor(out if isinstance(out, torch.Tensor) else out[0])).all()
 
 
 def test_onnxruntime_exports_once_per_live_weights(monkeypatch):

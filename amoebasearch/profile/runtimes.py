@@ -104,9 +104,13 @@ class CompileRuntime(EagerRuntime):
         self.mode = "reduce-overhead" if device.startswith("cuda") else None
 
     def program(self, module: nn.Module, example: tuple) -> Program:
+        graphs = self.mode == "reduce-overhead"
+
         # no_grad, not inference_mode: inference tensors would differ in dispatch keys from the
         # inputs of other programs and force needless recompiles.
         def run(args: tuple) -> Any:
+            if graphs:  # each call is a new step: earlier outputs may be overwritten from here on
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad():
                 return module(*args)
 
@@ -115,14 +119,36 @@ class CompileRuntime(EagerRuntime):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         from amoebasearch.models import decoder_layers
 
-        for layer in decoder_layers(model):
+        layers = decoder_layers(model)
+        for index, layer in enumerate(layers):
             layer.compile(dynamic=True, mode=self.mode)
+            if self.mode == "reduce-overhead":
+                layers[index] = GraphOutputCopy(layer)
         # The embedding and LM head are single torch ops (dynamo leaves torch.nn internals to eager).
         model.model.norm.compile(dynamic=True, mode=self.mode)
         return model
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode or "default", "dynamic": True, "regional": True}
+
+
+class GraphOutputCopy(nn.Module):
+    """Runs a block compiled with CUDA graphs and copies its output out of the graph's memory.
+
+    Every block of a subnet replays the same compiled graph, and a replay reuses the memory of
+    the previous replay's output, which is the very hidden state the next block reads. Measured
+    on the lent H100: without the copy, the second block failed with "accessing tensor output of
+    CUDAGraphs that has been overwritten by a subsequent run". The copy (one small device-to-device
+    kernel per block) is what any per-block CUDA-graph deployment pays too, so it is timed.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        out = self.block(*args, **kwargs)
+        return out.clone() if isinstance(out, torch.Tensor) else type(out)(t.clone() for t in out)
 
 
 class OnnxRuntime(Runtime):

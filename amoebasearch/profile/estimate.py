@@ -189,7 +189,7 @@ def _decoder_frame(table: LatencyTable) -> pd.DataFrame:
 
 
 # Weight of the prior per decoder row, on squared log distance of each efficiency from its prior.
-# A table measured where launches dominate (a GPU at batch 1, short context: ~17 us per kernel on the
+# A table measured where launches dominate (a GPU at batch 1, short context: ~18 us per kernel on the
 # lent H100's host, roofline terms a few us) barely constrains the efficiencies, and an unanchored
 # fit drove them to 1 % and 3 % of peak, which then priced a batch-8, 2048-token prefill block 18x
 # dearer (17 ms, not 1 ms).

@@ -135,11 +135,12 @@ class CompileRuntime(EagerRuntime):
 class GraphOutputCopy(nn.Module):
     """Runs a block compiled with CUDA graphs and copies its output out of the graph's memory.
 
-    Every block of a subnet replays the same compiled graph, and a replay reuses the memory of
-    the previous replay's output, which is the very hidden state the next block reads. Measured
-    on the lent H100: without the copy, the second block failed with "accessing tensor output of
-    CUDAGraphs that has been overwritten by a subsequent run". The copy (one small device-to-device
-    kernel per block) is what any per-block CUDA-graph deployment pays too, so it is timed.
+    The blocks of a subnet share one compiled function, and a CUDA-graph replay may reuse the
+    memory of an earlier replay's output, which is the very hidden state the next block reads. On
+    the lent H100, without the copy, one-block stacks ran and the first four-block stack failed
+    with "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"
+    (the copy is what that message advises; not yet re-run on a GPU). The copy (one small device-to-device kernel
+    per block) is what any per-block CUDA-graph deployment pays too, so it is timed.
     """
 
     def __init__(self, block: nn.Module) -> None:

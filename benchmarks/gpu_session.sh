@@ -11,6 +11,14 @@
 #   compile the same (torch.compile per block, CUDA graphs), --validate 50
 #   onnxruntime: expected to refuse in one line (the image's ORT has no CUDA execution provider)
 # Tables, sidecars and validation files end up in $OUT/gpu_session.tgz, beside $OUT/gpu_session.log.
+#
+# Prepare here (list both folders in .git/info/exclude), then run it with carry [".whl", ".gpu"]:
+#   mkdir -p .gpu/smollm2-135m && cp ~/.cache/amoebasearch/models/smollm2-135m/config.json .gpu/smollm2-135m/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     transformers==5.24.0 peft==0.21.2 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako regex
+# Stop 16 (H100, 15 min of device time): the eager table took 28 s and its validation ran past a
+# 300 s cap after 52 of 66 subnets; give eager the whole call (EAGER_S=480 COMPILE_S=0) to finish 66.
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 DEVICE=${DEVICE:-cuda:0}
@@ -40,7 +48,7 @@ step() {  # step SECONDS ARGS...: one profile run under a time cap (SIGINT first
 }
 common=(profile --device "$DEVICE" --model "$MODEL" --random-weights --validate 50 --pause 0 --instances "$INSTANCES" --out "$OUT")
 step "$EAGER_S" "${common[@]}" --runtime eager
-step "$COMPILE_S" "${common[@]}" --runtime compile
+[ "$COMPILE_S" -gt 0 ] && step "$COMPILE_S" "${common[@]}" --runtime compile
 step 30 profile --device "$DEVICE" --model "$MODEL" --random-weights --runtime onnxruntime --dtype float16 --out "$OUT"
 grep -E "within 5%|table:|error|Error|== " "$log" | tail -40
 # one archive, so the tool's 8-file limit never drops a table; the log stays beside it

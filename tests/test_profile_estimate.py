@@ -92,7 +92,7 @@ def test_fit_recovers_known_efficiencies():
     assert fitted.memory == pytest.approx(truth.memory, rel=0.05)
 
 
-def launch_bound_gpu_table(truth: Efficiency, points: list[Point]) -> LatencyTable:
+def roofline_gpu_table(truth: Efficiency, points: list[Point]) -> LatencyTable:
     """Decoder rows priced by the roofline with ``truth`` on the H100 spec (bf16)."""
     spec = SPECS["h100"]
     rows = [
@@ -111,7 +111,7 @@ def test_prior_keeps_efficiencies_that_launch_bound_rows_cannot_identify():
     and leave compute/memory efficiency at the prior, not wherever the log error happens to dip."""
     prior = DEFAULT_EFFICIENCY["gpu"]
     truth = Efficiency(0.3, 0.6, 18.0)
-    table = launch_bound_gpu_table(truth, [Point("prefill", 1, 128), Point("decode", 1, 128)])
+    table = roofline_gpu_table(truth, [Point("prefill", 1, 128), Point("decode", 1, 128)])
     fitted = fit_efficiency([table], [SPECS["h100"]], prior)
     assert fitted.kernel_us == pytest.approx(truth.kernel_us, rel=0.05)
     assert fitted.compute == pytest.approx(prior.compute, rel=0.2)
@@ -121,7 +121,7 @@ def test_prior_keeps_efficiencies_that_launch_bound_rows_cannot_identify():
 def test_prior_yields_to_rows_that_do_identify_the_efficiencies():
     truth = Efficiency(0.2, 0.4, 18.0)
     big = [Point("prefill", 8, 2048), Point("prefill", 32, 2048), Point("decode", 64, 2048)]
-    fitted = fit_efficiency([launch_bound_gpu_table(truth, big)], [SPECS["h100"]], DEFAULT_EFFICIENCY["gpu"])
+    fitted = fit_efficiency([roofline_gpu_table(truth, big)], [SPECS["h100"]], DEFAULT_EFFICIENCY["gpu"])
     assert fitted.compute == pytest.approx(truth.compute, rel=0.25)
     assert fitted.memory == pytest.approx(truth.memory, rel=0.25)
 

@@ -12,7 +12,8 @@ SmolLM2-135M (eager, one pinned core):
   (so the dearest stack is followed by the cheapest one at every round's wrap-around).
 - ``there_and_back_us``: the same stacks, every other round in reverse (what `profile` does).
 
-Error columns are relative to the in-subnet slope. Medians of three instances each.
+Error columns are relative to the in-subnet slope. Stacks are medians of three instances each
+(as `profile` times them); the in-subnet subnets are one instance each.
 
     python benchmarks/stack_order.py [--phase decode] [--context 128]
 

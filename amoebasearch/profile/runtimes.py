@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from amoebasearch.errors import UsageError
+from amoebasearch.profile.fingerprint import cuda_index
 
 Program = Callable[[tuple], Any]
 
@@ -103,8 +104,13 @@ class CompileRuntime(EagerRuntime):
         config.allow_unspec_int_on_nn_module = True
         self.mode = "reduce-overhead" if device.startswith("cuda") else None
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether blocks are compiled into CUDA graphs (``reduce-overhead``, chosen on CUDA)."""
+        return self.mode == "reduce-overhead"
+
     def program(self, module: nn.Module, example: tuple) -> Program:
-        graphs = self.mode == "reduce-overhead"
+        graphs = self.cuda_graphs
 
         # no_grad, not inference_mode: inference tensors would differ in dispatch keys from the
         # inputs of other programs and force needless recompiles.
@@ -122,7 +128,7 @@ class CompileRuntime(EagerRuntime):
         layers = decoder_layers(model)
         for index, layer in enumerate(layers):
             layer.compile(dynamic=True, mode=self.mode)
-            if self.mode == "reduce-overhead":
+            if self.cuda_graphs:
                 layers[index] = GraphOutputCopy(layer)
         # The embedding and LM head are single torch ops (dynamo leaves torch.nn internals to eager).
         model.model.norm.compile(dynamic=True, mode=self.mode)
@@ -271,7 +277,7 @@ class _DropNone(nn.Module):
 
 def _cuda_program(session, input_names: list[str], kept: list[int], device: str) -> Program:
     """Run an ORT CUDA session on torch CUDA tensors in place (IO binding, no host copies)."""
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    index = cuda_index(device)
 
     def run(args: tuple) -> Any:
         binding = session.io_binding()

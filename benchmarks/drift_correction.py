@@ -6,6 +6,10 @@ with the raw end-to-end measurement and with the measurement divided by the grou
 ratio (calibration refitted on the corrected values), the sentinel's spread across groups, and
 what leave-one-out over the calibration subnets would have chosen.
 
+The correction is not used by the harness: its candidate rule (correct when the sentinel's
+spread across groups exceeds the 2 % tolerance) made every phase of the two tables validated
+after the rule was written down worse (`profiles/README.md`, "Judged (stop 17)").
+
     python benchmarks/drift_correction.py [--profiles profiles/]
 
 Writes benchmarks/results/drift_correction.csv.

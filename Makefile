@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check amoebasearch tests benchmarks scripts notebooks
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) build

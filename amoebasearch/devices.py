@@ -9,6 +9,11 @@ from __future__ import annotations
 from amoebasearch.errors import UsageError
 
 
+def cuda_index(device: str) -> int:
+    """The N of ``cuda:N`` (``cuda`` alone is device 0); callers pass names `check_device` accepted."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
 def check_device(device: str) -> str:
     """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists here."""
     import torch
@@ -16,12 +21,12 @@ def check_device(device: str) -> str:
     if device == "cpu":
         return device
     if device == "cuda" or device.startswith("cuda:"):
-        index = device.split(":", 1)[1] if ":" in device else "0"
-        if not index.isdigit():
+        if ":" in device and not device.split(":", 1)[1].isdigit():
             raise UsageError(f"--device {device}: write cuda:N with a number N")
+        index = cuda_index(device)
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
-        if int(index) >= torch.cuda.device_count():
+        if index >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
         return f"cuda:{index}"
     raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")

@@ -32,6 +32,12 @@ class Curve:
     shapes: Sequence[str] = ()  # what each point is, for tables beside the figure (optional)
 
 
+def curve_colours(count: int) -> list:
+    """One distinct colour per curve: tab10 repeats after ten, and the shipped Pareto figure has more."""
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [palette(i % palette.N) for i in range(count)]
+
+
 def plot_fronts(
     curves: Sequence[Curve], quality_label: str = "held-out perplexity", title: str = "", cap_ratio: float = 50.0
 ) -> Figure:
@@ -45,7 +51,8 @@ def plot_fronts(
     fig, ax = plt.subplots(figsize=(10, 5))
     latencies = [x for curve in curves for x in curve.latency_ms if x > 0]
     qualities = [q for curve in curves for q in curve.quality]
-    for curve in curves:
+    colours = curve_colours(len(curves))
+    for curve, colour in zip(curves, colours, strict=True):
         order = sorted(range(len(curve.latency_ms)), key=lambda i: curve.latency_ms[i])
         label = f"{curve.label} (estimated)" if curve.estimated else curve.label
         ax.plot(
@@ -54,6 +61,7 @@ def plot_fronts(
             linestyle="--" if curve.estimated else "-",
             marker=curve.marker,
             markersize=3,
+            color=colour,
             label=label,
         )
     ax.set_xlabel("predicted latency (ms)")

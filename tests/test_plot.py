@@ -102,3 +102,11 @@ def test_notebooks_execute_on_small_artefacts(artefacts, name, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
     text = " ".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "tiny" in text  # it read the artefacts built here, not the shipped ones
+
+
+def test_curve_colours_stay_distinct_past_ten_curves():
+    from amoebasearch.plots import curve_colours
+
+    for count in (3, 10, 15, 20):
+        colours = curve_colours(count)
+        assert len(colours) == count and len(set(colours)) == count

@@ -15,6 +15,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from amoebasearch.devices import cuda_index
+
 LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "pandas", "amoebasearch")
 
 
@@ -119,10 +121,6 @@ def nvidia_fingerprint(index: int) -> dict[str, Any]:
         }
     finally:
         pynvml.nvmlShutdown()
-
-
-def cuda_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def device_fingerprint(device: str) -> dict[str, Any]:

@@ -262,7 +262,8 @@ def finish_table(table: LatencyTable, device: str, seconds: float) -> None:
         seconds + table.meta["settings"].get("profile_seconds", 0), 1
     )
     if device.startswith("cuda") and "state_before" in table.meta["device"]:
-        from amoebasearch.profile.fingerprint import cuda_index, nvml_state
+        from amoebasearch.devices import cuda_index
+        from amoebasearch.profile.fingerprint import nvml_state
 
         try:
             import pynvml

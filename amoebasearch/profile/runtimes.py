@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from amoebasearch.devices import cuda_index
 from amoebasearch.errors import UsageError
-from amoebasearch.profile.fingerprint import cuda_index
 
 Program = Callable[[tuple], Any]
 

@@ -8,7 +8,6 @@ amoebasearch train ...``): each process trains a slice of every step; rank 0 wri
 from __future__ import annotations
 
 import argparse
-import os
 
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
 
@@ -76,6 +75,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amoebasearch.train import SMoLConfig, TrainConfig, train_supernet
+    from amoebasearch.train.workers import Workers
 
     loras, top_k = (1, 1) if args.no_smol else (args.loras, args.top_k)
     smol = SMoLConfig(
@@ -114,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=args.device,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if Workers.launched_main():
         print(f"supernet written to {out} ({args.steps} steps; log in {out / 'train_log.csv'})")
     return 0

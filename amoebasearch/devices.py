@@ -14,19 +14,27 @@ def cuda_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
-def check_device(device: str) -> str:
-    """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists here."""
-    import torch
-
+def check_device_name(device: str) -> str:
+    """``device`` if it is spelt ``cpu``, ``cuda`` or ``cuda:N``, whether or not this machine has it
+    (`find` may search a GPU's table on a laptop); otherwise a one-line error."""
     if device == "cpu":
         return device
     if device == "cuda" or device.startswith("cuda:"):
         if ":" in device and not device.split(":", 1)[1].isdigit():
             raise UsageError(f"--device {device}: write cuda:N with a number N")
-        index = cuda_index(device)
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return f"cuda:{index}"
+        return device
     raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")
+
+
+def check_device(device: str) -> str:
+    """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists here."""
+    import torch
+
+    if check_device_name(device) == "cpu":
+        return device
+    index = cuda_index(device)
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return f"cuda:{index}"

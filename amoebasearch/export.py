@@ -20,6 +20,8 @@ from amoebasearch.models import decoder_layers, model_signature, projections
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
 
+SHAPE_FILE = "amoebasearch-shape.json"  # marks an export: the shape it was cut to
+
 
 def subnet_config(config: Any, shape: Shape) -> Any:
     """The config of the exported subnet: fewer layers, heads and FFN channels; same head_dim."""
@@ -75,15 +77,21 @@ def extract(model: nn.Module, shape: Shape, ordering: Ordering | None = None) ->
 
 
 def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Write a loadable checkpoint directory atomically (temp dir + rename)."""
+    """Write a loadable checkpoint directory atomically (temp dir + rename).
+
+    An existing ``out_dir`` is replaced only when empty or an earlier export (it holds
+    `SHAPE_FILE`): any other folder, a Hugging Face model included, may hold the user's own files.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise UsageError(f"--out {out} is a non-empty directory that is not a model: choose an empty path")
+    if out.is_dir() and any(out.iterdir()) and not (out / SHAPE_FILE).is_file():
+        raise UsageError(
+            f"--out {out} is a non-empty directory that no earlier export wrote: choose a new or empty path"
+        )
     with atomic.directory(out) as tmp:
         subnet.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        atomic.write_json(tmp / "amoebasearch-shape.json", subnet.config.amoebasearch["shape"])
+        atomic.write_json(tmp / SHAPE_FILE, subnet.config.amoebasearch["shape"])
     return out

@@ -79,6 +79,13 @@ def read_qualities(path: str | Path) -> pd.DataFrame:
             raise UsageError(f"qualities file {path} mixes several {column}s: keep one model and one metric per file")
     if frame["metric"].iloc[0] not in HIGHER_IS_BETTER:
         raise UsageError(f"qualities file {path} has unknown metric {frame['metric'].iloc[0]!r}")
+    bad = [c for c in ("quality", "heads", "ffn") if pd.to_numeric(frame[c], errors="coerce").isna().any()]
+    if bad or not frame["layers"].astype(str).str.fullmatch(r"\d+( \d+)*").all():
+        column = bad[0] if bad else "layers"
+        raise UsageError(
+            f"qualities file {path}: column {column} holds values that are not numbers "
+            "(layers: layer indices separated by spaces): write it with `amoebasearch find`"
+        )
     return frame
 
 
@@ -140,8 +147,7 @@ def tables_for(frame: pd.DataFrame, folder: str | Path, phase: str, batch: int, 
     """Every table in ``folder`` of the qualities' model that holds the (phase, batch, context)
     point, measured tables first."""
     from amoebasearch.profile.predict import table_points
-    from amoebasearch.profile.table import load_table
-    from amoebasearch.search.tables import candidate_tables
+    from amoebasearch.profile.table import candidate_tables, load_table
 
     signature = str(frame["signature"].iloc[0])
     tables = [load_table(path, signature) for path in candidate_tables(Path(folder), signature)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from amoebasearch import atomic
@@ -168,6 +169,12 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
     return path.resolve().name, path
 
 
+def first_line(err: BaseException) -> str:
+    """A library's error in one line (transformers' messages run to paragraphs)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(err).__name__
+
+
 def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:
     """The model's config alone (cheap): enough to validate shapes and price them."""
     from transformers import AutoConfig
@@ -175,8 +182,8 @@ def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:
     _, path = resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError, OSError) as err:
-        raise UsageError(f"cannot read the config in {path}: {str(err).splitlines()[0]}") from None
+    except (ValueError, KeyError, OSError, TypeError, ZeroDivisionError) as err:  # what a bad config.json raises
+        raise UsageError(f"cannot read the config in {path}: {first_line(err)}") from None
     check_family(config)
     return config
 
@@ -187,7 +194,13 @@ def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) 
 
     name, path = resolve(name_or_path)
     load_config(str(path))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, truncated or foreign weights
+        raise UsageError(
+            f"cannot load the weights in {path}: {first_line(err)}: pass a complete checkpoint directory "
+            "(`amoebasearch profile --random-weights` needs only config.json)"
+        ) from None
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -43,7 +43,8 @@ class Ordering:
     def layers_for_depth(self, depth: int) -> tuple[int, ...]:
         if depth not in self.layer_sets:
             known = sorted(self.layer_sets)
-            raise UsageError(f"the plan has no layer set for depth {depth}: it covers depths {known[0]}..{known[-1]}")
+            covered = f"it covers depths {known[0]}..{known[-1]}" if known else "it has none"
+            raise UsageError(f"the plan has no layer set for depth {depth}: {covered}")
         return self.layer_sets[depth]
 
     def query_heads(self, layer: int, heads_per_group: int) -> list[int]:
@@ -76,6 +77,11 @@ class Ordering:
                 raise UsageError(f"the plan's head ranking for layer {layer} does not match the model's heads")
             if sorted(self.ffn_order[layer]) != list(range(dims.ffn)):
                 raise UsageError(f"the plan's FFN ranking for layer {layer} is not a permutation of {dims.ffn}")
+        if dims.num_layers not in self.layer_sets:  # every plan keeps the full model as its deepest subnet
+            raise UsageError(
+                f"the plan has no layer set for the full depth {dims.num_layers}: "
+                "regenerate it with `amoebasearch plan`"
+            )
         for depth, layers in self.layer_sets.items():
             if (
                 len(layers) != depth

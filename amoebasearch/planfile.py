@@ -6,7 +6,6 @@ was computed for (by signature), with the method and calibration settings that p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.models import model_signature
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims
+from amoebasearch.userfiles import read_json
 
 PLAN_FORMAT = 1
 
@@ -69,10 +69,7 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"plan file {path} does not exist: make one with `amoebasearch plan --out {path}`")
-        try:
-            plan = cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise UsageError(f"plan file {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        plan = cls.from_dict(read_json(path, "plan file", f"make one with `amoebasearch plan --out {path}`"))
         if config is not None:
             expected = model_signature(config)
             if plan.model_signature != expected:

@@ -9,7 +9,6 @@ and comparable across plans.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amoebasearch.errors import UsageError
+from amoebasearch.userfiles import read_json
 
 if TYPE_CHECKING:
     from amoebasearch.ordering import Ordering
@@ -118,11 +118,7 @@ class Shape:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"shape file {path} does not exist: pass a JSON file with layers, heads, ffn")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UsageError(f"shape file {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "shape file", "pass a JSON object with layers, heads, ffn"))
 
     def __str__(self) -> str:
         return f"depth={self.depth} heads={self.heads} ffn={self.ffn}"

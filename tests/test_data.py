@@ -106,7 +106,7 @@ def test_alpaca_instructions_mask_the_prompt(tmp_path):
     [
         ("", "is empty"),
         (json.dumps([{"question": "q", "answer": "a"}]), "needs a 'text' field or Alpaca fields"),
-        ("Too short.", "requested: give more text or lower --tokens"),
+        ("Too short.", "requested: give more text or ask for fewer tokens"),
     ],
 )
 def test_cli_bad_data_is_one_line_exit_2(tmp_path, capsys, content, message):

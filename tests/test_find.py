@@ -77,6 +77,8 @@ def test_estimated_table_warns(setup, tmp_path, capsys):
         (("--budget", "0ms"), "must be a positive latency"),
         (("--budget", "3ms", "--phase", "prefill"), "no complete rows for prefill"),
         (("--budget", "3ms", "--storage", "redis://x"), "not understood"),
+        (("--budget", "3ms", "--device", "tpu"), "unknown device 'tpu'"),
+        (("--budget", "3ms", "--device", "cuda:x"), "write cuda:N"),
     ],
 )
 def test_bad_find_inputs_are_one_line_errors(setup, tmp_path, capsys, extra, message):
@@ -84,6 +86,25 @@ def test_bad_find_inputs_are_one_line_errors(setup, tmp_path, capsys, extra, mes
     assert main(find_args(setup, tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_bad_data_file_found_inside_a_trial_is_still_one_line(setup, tmp_path, capsys):
+    # the data file is first read by the first quality evaluation, inside an Optuna trial
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(bytes(range(256)) * 8)
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--data", str(binary))) == 2
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("amoebasearch")]  # not transformers' load bar
+    assert "Traceback" not in out + err and len(errors) == 1 and "is not UTF-8 text" in errors[0]
+
+
+def test_a_search_whose_trials_all_overrun_returns_the_fastest_shape(setup, tmp_path, capsys):
+    capsys.readouterr()
+    argv = find_args(setup, tmp_path, "--budget", "1ms", "--trials", "1", "--sampler", "brute", "--margin", "0")
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["best"]["latency_ms"] == report["fastest_ms"] <= 1.0 and report["trials"] == 1
 
 
 def test_missing_table_says_which_profile_command_to_run(setup, tmp_path, capsys):

@@ -70,3 +70,9 @@ def test_random_weights_profile_from_config_alone(tmp_path, tiny_checkpoint):
     assert table.meta["settings"]["weights"].startswith("random")
     assert table.signature == model_signature(load_config(str(tiny_checkpoint)))
     assert (table.rows["median_us"] > 0).all()
+
+
+def test_estimate_refuses_options_it_would_ignore(capsys, tiny_checkpoint):
+    argv = ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--validate", "5", "--runtime", "vllm"]
+    err = one_line_error(capsys, argv)
+    assert "--runtime, --validate would be ignored" in err

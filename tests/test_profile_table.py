@@ -39,7 +39,14 @@ def hand_table(signature="abc", calibration=None):
         row("decoder", 4, 64, 30.0),
         row("decoder", 4, 128, 40.0),
     ]
-    meta = {"format": FORMAT, "source": "measured", "model": {"name": "tiny", "signature": signature}}
+    meta = {
+        "format": FORMAT,
+        "source": "measured",
+        "model": {"name": "tiny", "signature": signature},
+        "device": {"kind": "cpu", "name": "test cpu"},
+        "runtime": {"name": "eager"},
+        "settings": {"ffn_step": 64},
+    }
     if calibration:
         meta["calibration"] = calibration
     return LatencyTable(pd.DataFrame(rows), meta)

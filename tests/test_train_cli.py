@@ -86,7 +86,8 @@ def test_train_then_export_merged_subnet(setup, capsys):
         (["--data", "/nonexistent/data.json"], "does not exist"),
         (["--resume"], "not a supernet directory"),
         (["--min-depth", "9"], "min-depth"),
-        (["--lr", "0"], "must be positive"),
+        (["--lr", "0"], "must be above 0"),
+        (["--gate-noise", "nan"], "not a finite number"),
         (["--steps", "zero"], "not a whole number"),
         (["--device", "tpu"], "unknown device"),
     ],
@@ -104,12 +105,14 @@ def test_bad_train_inputs_exit_2_with_one_line(setup, capsys, extra, message):
 
 
 def test_out_must_be_empty_without_resume(setup, capsys):
+    # a folder of the user's own files is not offered --resume (which would then refuse it too)
     model, data, tmp = setup
     out = tmp / "full"
     out.mkdir()
     (out / "something").write_text("x")
     assert main(train_args(model, data, out, "--steps", "1")) == 2
-    assert "not empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not empty and holds no supernet run" in err and "--resume" not in err
 
 
 def test_export_from_a_non_supernet_exits_2(tmp_path, capsys):
@@ -182,3 +185,12 @@ def test_launched_workers_take_the_step_one_process_takes_with_their_accumulatio
     for a, b in zip(*logs, strict=True):
         assert (a["step"], a["depth"], a["loras"], a["tokens"]) == (b["step"], b["depth"], b["loras"], b["tokens"])
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-4)
+
+
+def test_too_little_data_fails_before_the_run_is_set_up(setup, capsys):
+    # the refusal must leave --out empty, or the retry would meet "holds a supernet run"
+    model, data, tmp = setup
+    out = tmp / "small"
+    assert main(train_args(model, data, out, "--steps", "1", "--batch", "64")) == 2
+    assert "cannot fill a micro-batch" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

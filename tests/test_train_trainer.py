@@ -86,8 +86,23 @@ def test_resume_refuses_changed_settings(tmp_path):
     changed = {**LOOP, "lr": 1e-3}
     with pytest.raises(UsageError, match="settings differ"):
         train(smol, space, dataset(), TrainConfig(steps=4, **changed), tmp_path, resume=True, progress=False)
-    with pytest.raises(UsageError, match="no checkpoint"):
-        train(smol, space, dataset(), TrainConfig(steps=4, **LOOP), tmp_path / "none", resume=True, progress=False)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
+    # a run killed before its first checkpoint lost nothing: resuming it is the fresh run
+    smol, space = setup()
+    fresh = train(smol, space, dataset(), TrainConfig(steps=2, **LOOP), tmp_path / "fresh", progress=False)
+    smol, space = setup()
+    resumed = train(
+        smol, space, dataset(), TrainConfig(steps=2, **LOOP), tmp_path / "none", resume=True, progress=False
+    )
+    assert resumed == fresh
+
+
+def test_too_little_data_is_refused(tmp_path):
+    smol, space = setup()
+    with pytest.raises(UsageError, match="cannot fill a micro-batch"):
+        train(smol, space, dataset(n=1), TrainConfig(steps=2, **{**LOOP, "batch": 2}), tmp_path / "o", progress=False)
 
 
 def test_training_lowers_the_largest_subnets_loss(tmp_path):

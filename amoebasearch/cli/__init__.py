@@ -32,12 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def path_problem(err: OSError) -> str:
+    """One line for a file-system error: which path, what is wrong with it, what to do instead."""
+    where = f"{err.filename}" if err.filename else "a path"
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
+        return f"cannot create {where}: a file stands where a folder is needed; choose a path not under a file"
+    if isinstance(err, IsADirectoryError):
+        return f"{where} is a directory: pass a file path"
+    if isinstance(err, PermissionError):
+        return f"{where}: permission denied: choose a path you can read and write"
+    detail = err.strerror or str(err).strip().splitlines()[0]
+    return f"{where}: {detail}: check the path"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
     except UsageError as err:
         print(f"amoebasearch {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the user chose cannot be read or written as asked
+        print(f"amoebasearch {args.verb}: error: {path_problem(err)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as err:  # a readers' last resort; the common inputs name their file
+        print(
+            f"amoebasearch {args.verb}: error: an input file is not UTF-8 text ({err}): pass a text/JSON file",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"amoebasearch {args.verb}: interrupted; finished work is kept", file=sys.stderr)

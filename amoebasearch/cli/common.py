@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from amoebasearch.models import DEFAULT_MODEL
 
@@ -23,6 +24,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def finite_float(text: str, minimum: float = 0.0, inclusive: bool = True) -> float:
+    """A finite number at or above ``minimum`` (above it, unless ``inclusive``): nan and inf
+    would reach the trainer or the timing harness and fail far from the flag that caused them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    if value < minimum or (value == minimum and not inclusive):
+        bound = "at least" if inclusive else "above"
+        raise argparse.ArgumentTypeError(f"{value:g} must be {bound} {minimum:g}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return finite_float(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    return finite_float(text, 0.0)
 
 
 def add_plan_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from amoebasearch import atomic
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
+from amoebasearch.devices import check_device, check_device_name
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.find import METRICS
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # --verify runs on the device now; otherwise it only names whose table to search
+    device = check_device(args.device) if args.verify else check_device_name(args.device)
     if args.supernet and args.plan:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         margin=parse_margin(args.margin),
         table=args.profile,
         profiles=Path(args.profiles),
-        device=args.device,
+        device=device,
         runtime=args.runtime,
         phase=args.phase,
         batch=args.batch,

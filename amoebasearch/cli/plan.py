@@ -77,7 +77,7 @@ def _load_checkpoint(path: Path, key: dict):
         saved_key = data["key"]
         if not isinstance(saved_key, dict):
             raise unreadable
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise unreadable from None
     if saved_key != key:
         changed = sorted(k for k in key if saved_key.get(k) != key[k])

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from amoebasearch.cli.common import add_model_argument, positive_int
+from amoebasearch.cli.common import add_model_argument, non_negative_float, positive_int
 from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 
@@ -66,7 +66,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--pause",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         metavar="SECONDS",
         help="validation: wait this long (doubling) before re-timing a group measured while the host was "
@@ -80,7 +80,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="build the model from its config.json with seeded random weights (latency depends on shapes "
         "only; for devices the weights cannot be copied to); recorded in the table's settings",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, measuring_defaults={dest: parser.get_default(dest) for dest in MEASURING_ONLY})
+
+
+# options that only mean something when timing on this machine; --estimate refuses them rather than ignore them
+MEASURING_ONLY = (
+    "device", "runtime", "validate", "calibrate", "resume", "threads", "instances", "pause", "repeats", "random_weights"
+)  # fmt: skip
 
 
 def check_grid(args: argparse.Namespace) -> None:
@@ -102,6 +108,15 @@ def check_grid(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_grid(args)
     if args.estimate:
+        given = [
+            f"--{dest.replace('_', '-')}"
+            for dest, default in args.measuring_defaults.items()
+            if getattr(args, dest) != default
+        ]
+        if given:
+            raise UsageError(
+                f"--estimate times nothing, so {', '.join(given)} would be ignored: drop it or drop --estimate"
+            )
         return run_estimate(args)
     from amoebasearch.profile import profiler
     from amoebasearch.profile.timing import measurement_threads

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+from amoebasearch.cli.common import (
+    add_model_argument,
+    add_plan_argument,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -45,13 +41,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=positive_int, default=2, help="LoRAs the gate picks per shape (default 2)")
     parser.add_argument("--rank", type=positive_int, default=64, help="LoRA rank (default 64)")
     parser.add_argument("--alpha", type=positive_float, help="LoRA alpha (default 2 x rank)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    parser.add_argument("--dropout", type=non_negative_float, default=0.0, help="LoRA dropout (default 0)")
     parser.add_argument(
-        "--gate-noise", type=float, default=1.0, help="scale of the gate's learned noise in training (default 1)"
+        "--gate-noise",
+        type=non_negative_float,
+        default=1.0,
+        help="scale of the gate's learned noise in training (default 1)",
     )
     parser.add_argument(
         "--gate-prior",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         help="strength of the size-anchored gate prior: neighbouring shapes share LoRAs (default 2, 0 = off)",
     )

@@ -22,7 +22,15 @@ import pandas as pd
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.blocks import Point, width_options
-from amoebasearch.profile.table import COLUMNS, FORMAT, LatencyTable, load_table, table_name, table_row
+from amoebasearch.profile.table import (
+    COLUMNS,
+    FORMAT,
+    LatencyTable,
+    candidate_tables,
+    load_table,
+    table_name,
+    table_row,
+)
 from amoebasearch.shape import ModelDims
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -293,15 +301,8 @@ def estimate_table(
 
 def measured_tables(folder: Path, signature: str) -> list[LatencyTable]:
     """Measured eager tables for this model in ``folder`` (the calibration set of the estimator)."""
-    tables = []
-    for path in sorted(folder.glob("*.csv")):
-        if path.name.endswith(".validation.csv") or not path.with_suffix(".json").is_file():
-            continue
-        table = load_table(path)
-        if table.meta.get("source") == "measured" and table.signature == signature:
-            if table.meta.get("runtime", {}).get("name") == "eager":
-                tables.append(table)
-    return tables
+    tables = [load_table(path, signature) for path in candidate_tables(folder, signature)]
+    return [t for t in tables if t.meta.get("source") == "measured" and t.meta["runtime"].get("name") == "eager"]
 
 
 def table_kind(table: LatencyTable) -> str:

@@ -75,10 +75,11 @@ def point_model(table: LatencyTable, phase: str, batch: int, context: int) -> Po
     try:
         return table._lookup[(phase, int(batch), int(context))]
     except KeyError:
-        points = ", ".join(f"{p} batch {b} context {c}" for p, b, c in sorted(table._lookup)) or "none"
+        points = ", ".join(f"{p} batch {b} context {c}" for p, b, c in sorted(table._lookup)) or "none complete"
         raise UsageError(
             f"the latency table has no complete rows for {phase} at batch {batch}, context {context} "
-            f"(profiled: {points}): profile that point with --phases/--batch/--context"
+            f"(complete points: {points}): profile that point with --phases/--batch/--context "
+            "(`amoebasearch profile --resume` finishes an interrupted table)"
         ) from None
 
 

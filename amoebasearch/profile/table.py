@@ -21,6 +21,7 @@ import pandas as pd
 
 from amoebasearch import atomic
 from amoebasearch.errors import UsageError
+from amoebasearch.userfiles import read_json
 
 COLUMNS = (
     "block",
@@ -145,6 +146,44 @@ class LatencyTable:
         return self
 
 
+def candidate_tables(folder: Path, signature: str) -> list[Path]:
+    """Table CSVs in ``folder`` whose sidecar names this model signature (other files are skipped)."""
+    found = []
+    for sidecar in sorted(folder.glob("*.json")):
+        csv = sidecar.with_suffix(".csv")
+        if not csv.is_file():
+            continue
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if (
+            isinstance(meta, dict)
+            and isinstance(meta.get("model"), dict)
+            and meta["model"].get("signature") == signature
+        ):
+            found.append(csv)
+    return found
+
+
+# what every reader of a sidecar relies on: `check_model`, `find`'s table choice, the runtimes
+REQUIRED_META = {"model": dict, "device": dict, "runtime": dict, "settings": dict}
+NUMERIC_COLUMNS = ("heads", "ffn", "batch", "context", "median_us", "p10_us", "p90_us")
+
+
+def check_meta(meta: Any, side: Path) -> None:
+    """Refuse a sidecar that is not this format's JSON object, in one line naming what is wrong."""
+    fix = "re-run `amoebasearch profile` for this table"
+    if not isinstance(meta, dict):
+        raise UsageError(f"{side} holds a JSON {type(meta).__name__}, not a table sidecar object: {fix}")
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{side} has table format {meta.get('format')}, this amoebasearch reads {FORMAT}: {fix}")
+    wrong = [key for key, kind in REQUIRED_META.items() if not isinstance(meta.get(key), kind)]
+    wrong += [f"model.{key}" for key in ("name", "signature") if "model" not in wrong and key not in meta["model"]]
+    if wrong:
+        raise UsageError(f"{side} lacks {', '.join(wrong)}: {fix}")
+
+
 def load_table(path: str | Path, signature: str | None = None, model_name: str = "this model") -> LatencyTable:
     """Read a table and its sidecar; with ``signature``, refuse a table of another model."""
     path = Path(path)
@@ -153,16 +192,23 @@ def load_table(path: str | Path, signature: str | None = None, model_name: str =
     side = sidecar_path(path)
     if not side.is_file():
         raise UsageError(f"latency table {path} has no sidecar {side.name}: re-run `amoebasearch profile`")
+    meta = read_json(side, "latency table sidecar", "re-run `amoebasearch profile`")
+    check_meta(meta, side)
     try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{side} is not valid JSON ({err.msg}): re-run `amoebasearch profile`") from None
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{side} has table format {meta.get('format')}, this amoebasearch reads {FORMAT}")
-    rows = pd.read_csv(path) if path.stat().st_size else pd.DataFrame(columns=list(COLUMNS))
+        rows = pd.read_csv(path) if path.stat().st_size else pd.DataFrame(columns=list(COLUMNS))
+    except (ValueError, pd.errors.ParserError) as err:
+        raise UsageError(
+            f"{path} is not a CSV table ({str(err).splitlines()[0]}): re-run `amoebasearch profile`"
+        ) from None
     missing = set(COLUMNS) - set(rows.columns)
     if missing:
         raise UsageError(f"{path} lacks column(s) {sorted(missing)}: it is not an amoebasearch latency table")
+    for column in NUMERIC_COLUMNS:
+        if not rows.empty and pd.to_numeric(rows[column], errors="coerce").isna().any():
+            raise UsageError(f"{path}: column {column} holds non-numbers: re-run `amoebasearch profile` for this table")
+    # the overhead row is a fitted remainder and may be negative; a block cannot take no time
+    if (pd.to_numeric(rows.loc[rows.block != "overhead", "median_us"]) <= 0).any():
+        raise UsageError(f"{path}: a block row has a latency <= 0: re-run `amoebasearch profile` for this table")
     table = LatencyTable(rows[list(COLUMNS)], meta, path)
     if signature is not None:
         table.check_model(signature, model_name)

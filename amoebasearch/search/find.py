@@ -25,7 +25,7 @@ from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
 from amoebasearch.search.margin import Margin, budget_margin
 from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
-from amoebasearch.search.study import Candidate, search
+from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import choose_table
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
@@ -279,7 +279,7 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
             higher_is_better=quality.higher_is_better,
             progress=request.progress,
         )
-    except UsageError as err:
+    except InfeasibleBudget as err:
         if not margin.fraction:
             raise
         raise UsageError(

@@ -30,7 +30,7 @@ class Candidate:
 
 @dataclass
 class SearchResult:
-    best: Candidate | None
+    best: Candidate
     front: list[Candidate]  # non-dominated (quality, latency) among evaluated shapes within budget
     trials: int
     evaluations: int  # new quality evaluations this run (cache misses)
@@ -101,6 +101,10 @@ def boundary_neighbours(space: ShapeSpace, latency: dict[Shape, float], budget_m
     return out
 
 
+class InfeasibleBudget(UsageError):
+    """No shape of the space fits the budget (callers may explain how they set the budget)."""
+
+
 def search(
     space: ShapeSpace,
     predict_ms: Callable[[Shape], float],
@@ -121,7 +125,7 @@ def search(
     latency = {shape: predict_ms(shape) for shape in space}
     fastest_shape = min(latency, key=latency.get)
     if latency[fastest_shape] > budget_ms:
-        raise UsageError(
+        raise InfeasibleBudget(
             f"budget {budget_ms:g} ms is infeasible on this table: the fastest subnet ({fastest_shape}) "
             f"takes {latency[fastest_shape]:.3g} ms; raise the budget or use a faster device/runtime"
         )
@@ -166,9 +170,14 @@ def search(
         return min(candidates, key=lambda c: (sign * c.quality, c.latency_ms)) if candidates else None
 
     def run(n: int) -> None:
-        study.optimize(objective, n_trials=n, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+        # A trial that raises (bad --data, found at the first evaluation) stops the search with that
+        # error, which the CLI prints in one line; Optuna's own log of it would add a traceback.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study.optimize(objective, n_trials=n, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Model-guided samplers keep a share of the trials for a local search along the budget
     # boundary around the best shape found: cheap insurance against a sampler that settles on a
     # good region but not its best point (random search stays pure random, as a baseline).
@@ -186,6 +195,9 @@ def search(
         run(reserve)
 
     candidates = evaluated()
+    if not candidates:  # every trial drew a shape over budget: the fastest one always fits
+        cache.quality(fastest_shape, evaluate)
+        candidates = evaluated()
     front = pareto_front(candidates, higher_is_better)
     best = best_of(candidates)
     fastest_quality = cache.get(fastest_shape)

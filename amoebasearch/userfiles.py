@@ -1,0 +1,35 @@
+"""Reading the text and JSON files users name on the command line, with one-line errors.
+
+Every such file can be the wrong thing (a binary, a truncated write, a file of another tool);
+the reader names the file, what is wrong with it and the fix, instead of a decoder's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from amoebasearch.errors import UsageError
+
+
+def read_text(path: Path, what: str, fix: str) -> str:
+    """``path`` as UTF-8 text; ``what`` names the file's role ("plan file"), ``fix`` the remedy."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {err.start}): {fix}") from None
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """``path`` parsed as JSON, or a one-line error naming the file, the fault and ``fix``."""
+    text = read_text(path, what, fix)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} {path} is not valid JSON ({json_fault(err)}): {fix}") from None
+
+
+def json_fault(err: json.JSONDecodeError) -> str:
+    """Where the decoder stopped, worded once ("Expecting value, line 3 column 5")."""
+    return f"{err.msg}, line {err.lineno} column {err.colno}"

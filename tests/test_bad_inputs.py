@@ -1,0 +1,122 @@
+"""Bad input anywhere on the command line: one line naming the problem and the fix, exit code 2,
+no traceback, and nothing of the user's destroyed (cases found by fuzzing every verb)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import table_helpers
+
+from amoebasearch.cli import main
+from amoebasearch.models import load_config
+
+
+def error_line(capsys) -> str:
+    """The CLI's own error line (transformers may draw a progress bar on stderr first)."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.startswith("amoebasearch")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(mine)
+    for out in (".", str(mine)):
+        assert main(["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", out]) == 2
+        assert "no earlier export wrote" in error_line(capsys)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_export_replaces_its_own_earlier_export_but_not_the_working_folder(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "sub"
+    assert main(["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", str(out)]) == 0
+    assert main(["export", "--model", str(tiny_checkpoint), "--depth", "3", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+    capsys.readouterr()
+    monkeypatch.chdir(out)  # an earlier export, but the folder the user stands in
+    assert main(["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", "."]) == 2
+    assert "current directory" in error_line(capsys)
+    assert (out / "config.json").is_file()
+
+
+def test_an_output_path_under_a_file_is_a_usage_error(tiny_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "a-file.txt"
+    blocker.write_text("x")
+    table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    assert main(["plot", "table", "--profile", str(table), "--out", str(blocker / "plots")]) == 2
+    assert "a file stands where a folder is needed" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ([1, 2], "holds a JSON list"),
+        ({"format": 1}, "lacks model, device, runtime, settings"),
+        (b"\xff\xfe\x00", "is not UTF-8 text"),
+    ],
+)
+def test_a_broken_table_sidecar_is_named(tiny_checkpoint, tmp_path, capsys, sidecar, message):
+    table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    side = table.with_suffix(".json")
+    side.write_bytes(sidecar if isinstance(sidecar, bytes) else json.dumps(sidecar).encode())
+    assert main(["plot", "table", "--profile", str(table), "--out", str(tmp_path / "plots")]) == 2
+    line = error_line(capsys)
+    assert message in line and "t.json" in line
+
+
+def test_non_numeric_or_impossible_table_rows_are_refused(tiny_checkpoint, tmp_path, capsys):
+    table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    text = table.read_text()
+    lines = text.splitlines()
+    first = lines[1].split(",")
+    first[6] = "fast"  # median_us of the embedding row
+    table.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    assert main(["plot", "table", "--profile", str(table), "--out", str(tmp_path / "plots")]) == 2
+    assert "column median_us holds non-numbers" in error_line(capsys)
+    first[6] = "-3.0"
+    table.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    assert main(["plot", "table", "--profile", str(table), "--out", str(tmp_path / "plots")]) == 2
+    assert "latency <= 0" in error_line(capsys)
+
+
+def test_a_binary_plan_or_shape_file_is_named(tiny_checkpoint, tmp_path, capsys):
+    binary = tmp_path / "plan.json"
+    binary.write_bytes(bytes(range(256)))
+    argv = ["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--plan", str(binary)]) == 2
+    assert "plan file" in (line := error_line(capsys)) and "is not UTF-8 text" in line
+    assert main(["export", "--model", str(tiny_checkpoint), "--shape", str(binary), "--out", str(tmp_path / "o")]) == 2
+    assert "shape file" in error_line(capsys)
+
+
+def test_a_plan_without_the_full_depth_is_refused(tiny_checkpoint, tmp_path, capsys):
+    from amoebasearch.planfile import Plan
+
+    plan = Plan.identity(load_config(str(tiny_checkpoint))).to_dict()
+    plan["ordering"]["layer_sets"] = {}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    argv = ["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--plan", str(path)]) == 2
+    assert "no layer set for the full depth" in error_line(capsys)
+
+
+def test_a_checkpoint_without_weights_or_with_a_broken_config_is_named(tiny_checkpoint, tmp_path, capsys):
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    assert main(["info", "--model", str(config_only)]) == 2
+    assert "cannot load the weights" in (line := error_line(capsys)) and "--random-weights" in line
+    broken = json.loads((tiny_checkpoint / "config.json").read_text())
+    broken["num_attention_heads"] = 0
+    (config_only / "config.json").write_text(json.dumps(broken))
+    assert main(["info", "--model", str(config_only)]) == 2
+    assert "cannot read the config" in error_line(capsys)

@@ -33,3 +33,13 @@ def read_json(path: Path, what: str, fix: str) -> Any:
 def json_fault(err: json.JSONDecodeError) -> str:
     """Where the decoder stopped, worded once ("Expecting value, line 3 column 5")."""
     return f"{err.msg}, line {err.lineno} column {err.colno}"
+
+
+def check_output_path(path: Path, flag: str, folder: bool = False) -> None:
+    """Refuse an output path under an existing file (or, for a ``folder``, a file itself) before
+    hours of work, not when their results are written."""
+    for parent in [path, *path.parents] if folder else path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+            return

@@ -53,6 +53,14 @@ def test_an_output_path_under_a_file_is_a_usage_error(tiny_checkpoint, tmp_path,
     table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
     assert main(["plot", "table", "--profile", str(table), "--out", str(blocker / "plots")]) == 2
     assert "a file stands where a folder is needed" in error_line(capsys)
+    # the long verbs check before they work, not when they write
+    for argv in (
+        ["plan", "--model", str(tiny_checkpoint), "--out", str(blocker / "plan.json")],
+        ["train", "--model", str(tiny_checkpoint), "--out", str(blocker / "supernet")],
+        ["find", "--model", str(tiny_checkpoint), "--budget", "3ms", "--out", str(blocker)],
+    ):
+        assert main(argv) == 2
+        assert f"{blocker} is a file, so nothing can be written under it" in error_line(capsys)
 
 
 @pytest.mark.parametrize(

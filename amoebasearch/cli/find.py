@@ -18,6 +18,7 @@ from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.find import METRICS
 from amoebasearch.search.margin import parse_margin
 from amoebasearch.search.study import SAMPLERS
+from amoebasearch.userfiles import check_output_path
 
 PHASES = ("decode", "prefill")
 
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # --verify runs on the device now; otherwise it only names whose table to search
     device = check_device(args.device) if args.verify else check_device_name(args.device)
+    check_output_path(Path(args.out), "--out", folder=True)
+    if args.export:
+        check_output_path(Path(args.export), "--export", folder=True)
     if args.supernet and args.plan:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(

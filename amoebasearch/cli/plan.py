@@ -11,6 +11,7 @@ from pathlib import Path
 from amoebasearch import atomic
 from amoebasearch.cli.common import add_model_argument, positive_int
 from amoebasearch.errors import UsageError
+from amoebasearch.userfiles import check_output_path
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory: pass a file path such as plan.json")
+    check_output_path(out, "--out")
     docs = read_documents(args.data)  # reject a bad data file before the slow model load
     loaded = load(args.model)
     split = calibration_split(loaded.tokenizer, args.data, args.seq_len, args.tokens, 0, args.seed, docs=docs)

@@ -29,6 +29,7 @@ from amoebasearch.train import instruct
 from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
 from amoebasearch.train.trainer import TrainConfig, require_batches, train
 from amoebasearch.train.workers import Workers
+from amoebasearch.userfiles import check_output_path
 
 SUPERNET_FORMAT = 1
 
@@ -80,6 +81,7 @@ def train_supernet(
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory")
+    check_output_path(out, "--out")
     if not resume and out.is_dir() and any(out.iterdir()):
         if (out / "base.json").is_file():
             raise UsageError(

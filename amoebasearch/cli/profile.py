@@ -89,6 +89,17 @@ MEASURING_ONLY = (
 )  # fmt: skip
 
 
+def redrawn(bar):
+    """``bar.update`` that always redraws: one group takes minutes, and tqdm's rate limit would hide a
+    resumed run's finished rows (counted the instant the bar opens) until the next group ends."""
+
+    def update(count: int) -> None:
+        bar.update(count)
+        bar.refresh()
+
+    return update
+
+
 def check_grid(args: argparse.Namespace) -> None:
     from amoebasearch.profile.blocks import PHASES
 
@@ -174,7 +185,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
             ffn_step=args.ffn_step,
             repeats=args.repeats,
             instances=args.instances,
-            progress=bar.update,
+            progress=redrawn(bar),
         )
     profiler.finish_table(table, device, time.perf_counter() - begin)
     print(f"table: {len(table.rows)} rows in {time.perf_counter() - begin:.0f} s -> {table.path}")
@@ -195,7 +206,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 instances=args.instances,
                 resume=args.resume,
                 pause_s=args.pause,
-                progress=bar.update,
+                progress=redrawn(bar),
                 report=bar.set_postfix_str,
             )
         for r in stats.to_dict("records"):

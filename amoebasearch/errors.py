@@ -1,4 +1,5 @@
-"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+"""The one exception type that the CLI turns into a one-line message and exit code 2, and the
+one-line form of any other library error."""
 
 
 class UsageError(ValueError):
@@ -6,3 +7,9 @@ class UsageError(ValueError):
 
     The message must name the problem and the fix in one line; the CLI prints it without a traceback.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """A library's error in one line (transformers' and pandas' messages run to paragraphs)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(err).__name__

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from amoebasearch import atomic
-from amoebasearch.errors import UsageError
+from amoebasearch.errors import UsageError, first_line
 from amoebasearch.shape import ModelDims
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -167,12 +167,6 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} has no config.json: pass a Hugging Face checkpoint directory")
     return path.resolve().name, path
-
-
-def first_line(err: BaseException) -> str:
-    """A library's error in one line (transformers' messages run to paragraphs)."""
-    lines = str(err).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(err).__name__
 
 
 def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:

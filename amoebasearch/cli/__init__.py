@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from amoebasearch.cli import export, find, info, plan, plot, profile, train
-from amoebasearch.errors import UsageError
+from amoebasearch.errors import UsageError, first_line
 
 VERBS = (info, plan, train, profile, find, export, plot)
 
@@ -41,7 +41,7 @@ def path_problem(err: OSError) -> str:
         return f"{where} is a directory: pass a file path"
     if isinstance(err, PermissionError):
         return f"{where}: permission denied: choose a path you can read and write"
-    detail = err.strerror or str(err).strip().splitlines()[0]
+    detail = err.strerror or first_line(err)
     return f"{where}: {detail}: check the path"
 
 

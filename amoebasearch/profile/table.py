@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from amoebasearch import atomic
-from amoebasearch.errors import UsageError
+from amoebasearch.errors import UsageError, first_line
 from amoebasearch.userfiles import read_json
 
 COLUMNS = (
@@ -197,9 +197,7 @@ def load_table(path: str | Path, signature: str | None = None, model_name: str =
     try:
         rows = pd.read_csv(path) if path.stat().st_size else pd.DataFrame(columns=list(COLUMNS))
     except (ValueError, pd.errors.ParserError) as err:
-        raise UsageError(
-            f"{path} is not a CSV table ({str(err).splitlines()[0]}): re-run `amoebasearch profile`"
-        ) from None
+        raise UsageError(f"{path} is not a CSV table ({first_line(err)}): re-run `amoebasearch profile`") from None
     missing = set(COLUMNS) - set(rows.columns)
     if missing:
         raise UsageError(f"{path} lacks column(s) {sorted(missing)}: it is not an amoebasearch latency table")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from amoebasearch.errors import UsageError
+from amoebasearch.errors import UsageError, first_line
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
@@ -21,7 +21,7 @@ def open_storage(url: str | Path) -> optuna.storages.BaseStorage:
         try:
             return optuna.storages.RDBStorage(text)
         except Exception as err:  # driver missing, server down: say which
-            raise UsageError(f"cannot open Optuna storage {text}: {str(err).splitlines()[0]}") from None
+            raise UsageError(f"cannot open Optuna storage {text}: {first_line(err)}") from None
     path = Path(text.removeprefix("journal:"))
     if text.startswith("journal:") or path.suffix in (".journal", ".log"):
         path.parent.mkdir(parents=True, exist_ok=True)

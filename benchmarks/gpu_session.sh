@@ -9,8 +9,10 @@
 # and runs, each step under its own time cap so a slow one cannot starve the rest:
 #   eager   default grid (prefill + decode, batch 1, context 128), --validate 50
 #   compile the same (torch.compile per block, CUDA graphs), --validate 50
+#   training throughput: benchmarks/train_throughput.py (full and --no-smol, batch 8, seq 256, bf16 autocast)
 #   onnxruntime: expected to refuse in one line (the image's ORT has no CUDA execution provider)
-# Tables, sidecars and validation files end up in $OUT/gpu_session.tgz, beside $OUT/gpu_session.log.
+# Tables, sidecars, validation files and the throughput CSV/JSON end up in $OUT/gpu_session.tgz,
+# beside $OUT/gpu_session.log.
 #
 # Prepare here (list both folders in .git/info/exclude), then run it with carry [".whl", ".gpu"]:
 #   mkdir -p .gpu/smollm2-135m && cp ~/.cache/amoebasearch/models/smollm2-135m/config.json .gpu/smollm2-135m/
@@ -18,13 +20,17 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     transformers==5.24.0 peft==0.21.2 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako regex
 # Stop 16 (H100, 15 min of device time): the eager table took 28 s and its validation ran past a
-# 300 s cap after 52 of 66 subnets; give eager the whole call (EAGER_S=480 COMPILE_S=0) to finish 66.
+# 300 s cap after 52 of 66 subnets; give eager most of the call (EAGER_S=420 COMPILE_S=0) to finish 66.
+# Stop 19: table 36 s, all 66 subnets in 6 min 11 s (8 groups timed twice on a noisy host);
+# the throughput step took 61 s. A compile table at the default grid needs a call of its own.
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 DEVICE=${DEVICE:-cuda:0}
 MODEL=${MODEL:-.gpu/smollm2-135m}
 EAGER_S=${EAGER_S:-330}
 COMPILE_S=${COMPILE_S:-170}
+THROUGHPUT_S=${THROUGHPUT_S:-90}
+ORT_S=${ORT_S:-30}
 INSTANCES=${INSTANCES:-2}  # 2, not the CPU default 3, so both validations fit one 10-minute call
 WHEELS=${WHEELS:-.whl}  # WHEELS=none to use the installed packages (e.g. a dry run in .venv)
 mkdir -p "$OUT"
@@ -48,9 +54,18 @@ step() {  # step SECONDS ARGS...: one profile run under a time cap (SIGINT first
 }
 common=(profile --device "$DEVICE" --model "$MODEL" --random-weights --validate 50 --pause 0 --instances "$INSTANCES" --out "$OUT")
 step "$EAGER_S" "${common[@]}" --runtime eager
-[ "$COMPILE_S" -gt 0 ] && step "$COMPILE_S" "${common[@]}" --runtime compile
-step 30 profile --device "$DEVICE" --model "$MODEL" --random-weights --runtime onnxruntime --dtype float16 --out "$OUT"
-grep -E "within 5%|table:|error|Error|== " "$log" | tail -40
+# perf_hints says why a block is not captured in a CUDA graph (stop 19: compiled blocks were no faster than eager)
+[ "$COMPILE_S" -gt 0 ] && TORCH_LOGS=perf_hints step "$COMPILE_S" "${common[@]}" --runtime compile
+if [ "$THROUGHPUT_S" -gt 0 ]; then
+  echo "== $(date -u +%T) train_throughput" >>"$log"
+  timeout --signal=INT --kill-after=20 "$THROUGHPUT_S" python3 benchmarks/train_throughput.py --model "$MODEL" \
+    --random-weights --device "$DEVICE" --batch 8 --seq-len 256 --steps 16 --warmup 3 --variants full,no-smol \
+    --tag=-gpu >>"$log" 2>&1
+  echo "== $(date -u +%T) exit $?" >>"$log"
+  cp benchmarks/results/train_throughput-gpu.* "$OUT"/ 2>>"$log"
+fi
+[ "$ORT_S" -gt 0 ] && step "$ORT_S" profile --device "$DEVICE" --model "$MODEL" --random-weights --runtime onnxruntime --dtype float16 --out "$OUT"
+grep -E "within 5%|table:|error|Error|== |tokens/s" "$log" | tail -40
 # one archive, so the tool's 8-file limit never drops a table; the log stays beside it
 (cd "$OUT" && tar czf gpu_session.tgz --exclude=gpu_session.log --exclude=gpu_session.tgz -- * && find . -maxdepth 1 -type f ! -name 'gpu_session.*' -delete)
 ls -la "$OUT"

@@ -14,9 +14,9 @@ estimated table of this CPU (``--estimate cpu-1t``) and of the H100 (``--estimat
 with efficiencies fitted on that device's measured eager block rows, predict its held-out eager
 subnets measured end to end (bar: MAPE <= 15 %).
 
-    python benchmarks/latency_predictor.py [--profiles profiles/]
+    python benchmarks/latency_predictor.py [--profiles profiles/] [--tag=-name]
 
-Writes benchmarks/results/latency_predictor.csv, .png and .json (fingerprint).
+Writes benchmarks/results/latency_predictor{tag}.csv, .png and .json (fingerprint, folder read).
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", default=str(Path(__file__).parent.parent / "profiles"))
+    parser.add_argument("--tag", default="", help="suffix of the result files, for a folder other than profiles/")
     args = parser.parse_args(argv)
     folder = Path(args.profiles)
     frame = pd.DataFrame(measured_rows(folder) + estimate_rows(folder))
@@ -160,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(frame.to_string(index=False))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(RESULTS / "latency_predictor.csv", index=False)
-    plot(frame, RESULTS / "latency_predictor.png")
-    (RESULTS / "latency_predictor.json").write_text(json.dumps({"machine": machine(), "bars": BARS}, indent=1) + "\n")
-    print(f"wrote {RESULTS / 'latency_predictor.csv'} and .png")
+    stem = RESULTS / f"latency_predictor{args.tag}"
+    frame.to_csv(f"{stem}.csv", index=False)
+    plot(frame, f"{stem}.png")
+    meta = {"machine": machine(), "bars": BARS, "profiles": str(folder)}
+    Path(f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {stem}.csv and .png")
     return 0
 
 

@@ -107,3 +107,20 @@ def test_instances_combine_by_median_and_report_their_spread():
     assert timing.instance_spread([unlucky, fast, usual]) == pytest.approx(1.25)
     with pytest.raises(ValueError):
         timing.median_of_instances([])
+
+
+def test_garbage_collector_is_off_while_timing_and_restored_after():
+    import gc
+
+    states = []
+    programs = [(lambda x: states.append(gc.isenabled()), lambda: None, None)]
+    timing.measure_interleaved(programs, clock=FakeClock([1.0] * 20), warmup=0, repeats=20)
+    assert states == [False] * 20
+    assert gc.isenabled()
+
+    def failing(x):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        timing.measure_interleaved([(failing, lambda: None, None)], clock=FakeClock([1.0] * 20), warmup=0, repeats=20)
+    assert gc.isenabled()

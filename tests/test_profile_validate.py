@@ -84,7 +84,7 @@ def test_profile_and_validate_tiny_end_to_end(tmp_path):
     # every subnet and block width is the median of three independently allocated instances
     assert (validation["instances"] == 3).all() and (validation["instance_spread"] >= 1).all()
     sidecar = json.loads(next((tmp_path / "p").glob("*float32.json")).read_text())
-    assert sidecar["settings"]["instances"] == 3 and "malloc" in sidecar["settings"]
+    assert sidecar["settings"]["instances"] == 3 and "malloc" in sidecar["settings"] and "gc" in sidecar["settings"]
 
 
 class ScriptedClock:

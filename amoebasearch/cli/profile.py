@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     from amoebasearch.models import load, load_config, random_weights
     from amoebasearch.profile import profiler
     from amoebasearch.profile.runtimes import get_runtime
-    from amoebasearch.profile.timing import fix_malloc_thresholds
+    from amoebasearch.profile.timing import COLLECTOR_POLICY, fix_malloc_thresholds
 
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
@@ -165,6 +165,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
         "pinned": pinned,
         "instances": args.instances,
         "malloc": malloc,
+        "gc": COLLECTOR_POLICY,
         "weights": "random (seeded), from config.json" if args.random_weights else "checkpoint",
     }
     table = profiler.open_table(

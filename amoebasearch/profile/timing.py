@@ -10,6 +10,7 @@ a ``make_input`` callable run *outside* the timed region, so every repeat sees f
 from __future__ import annotations
 
 import contextlib
+import gc
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 MIN_REPEATS = 20
 SPREAD_LIMIT = 1.05  # p90/p10 above this flags a noisy measurement
+COLLECTOR_POLICY = "cyclic garbage collector off while timing"  # recorded in a table's settings
 
 
 @dataclass(frozen=True)
@@ -178,15 +180,31 @@ def sample_interleaved(
                 reset()
     samples: list[list[float]] = [[] for _ in programs]
     forward = list(enumerate(programs))
-    for round_index in range(repeats):
-        for index, (run, make_input, reset) in forward[::-1] if alternate and round_index % 2 else forward:
-            data = make_input()
-            token = clock.start()
-            run(data)
-            samples[index].append(clock.stop(token))
-            if reset is not None:
-                reset()
+    with collector_paused():
+        for round_index in range(repeats):
+            for index, (run, make_input, reset) in forward[::-1] if alternate and round_index % 2 else forward:
+                data = make_input()
+                token = clock.start()
+                run(data)
+                samples[index].append(clock.stop(token))
+                if reset is not None:
+                    reset()
     return samples
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while timing (as `timeit` does), after one full
+    collection: a collection that happens to fall inside a repeat bills its milliseconds to
+    whichever program ran then. Restored on exit, also on error."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def fix_malloc_thresholds(threshold: int = 128 * 1024) -> str:

@@ -1,0 +1,146 @@
+"""Training throughput of `amoebasearch train`'s loop: tokens per second, per variant and device.
+
+Runs the real fine-tuning loop (sandwich sampling, SMoL, in-place distillation, AdamW, bf16
+autocast on CUDA) on full-length sequences, so every step does the same work, and reports the
+median step time after ``--warmup`` steps:
+
+    python benchmarks/train_throughput.py                                   # CPU: 6 steps, batch 2, seq 128
+    python benchmarks/train_throughput.py --device cuda --batch 8 --seq-len 256 --steps 24 --tag -gpu
+    python benchmarks/train_throughput.py --model .gpu/smollm2-135m --random-weights ...  # config only
+
+Throughput depends on shapes, not on weight or token values, so ``--random-weights`` builds the
+real architecture from ``config.json`` (where the 98 MB weights cannot travel, e.g. a lent GPU)
+and sequences are seeded random token ids, every token labelled (the loss is over all of them,
+as for plain text). ``tokens/s`` counts each sequence once; ``subnet tokens/s`` counts it once per
+sampled shape (K forward and backward passes per step).
+
+Writes benchmarks/results/train_throughput{tag}.csv and .json (settings, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fingerprint import machine  # noqa: E402
+
+from amoebasearch import atomic, models  # noqa: E402
+from amoebasearch.planfile import Plan  # noqa: E402
+from amoebasearch.profile.timing import summarize  # noqa: E402
+from amoebasearch.shape import ShapeSpace  # noqa: E402
+from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train  # noqa: E402
+from amoebasearch.train.instruct import Tokenised  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {  # (LoRAs, top-k, distill, balance), as `train` and its ablation switches build them
+    "full": (5, 2, True, True),
+    "no-smol": (1, 1, True, True),
+}
+
+
+def random_sequences(count: int, length: int, vocab: int, seed: int) -> list[Tokenised]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (count, length), generator=generator).tolist()
+    return [Tokenised(tuple(row), tuple(row)) for row in ids]
+
+
+def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    loaded = models.random_weights(args.model, seed=args.seed) if args.random_weights else models.load(args.model)
+    plan = Plan.identity(loaded.model.config)
+    space = ShapeSpace(loaded.dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
+    loras, top_k, distill, balance = VARIANTS[name]
+    torch.manual_seed(args.seed)
+    model = SMoLModel(
+        loaded.model.to(device),
+        SMoLConfig(num_loras=loras, top_k=top_k, rank=args.rank, alpha=2.0 * args.rank),
+        plan.ordering,
+    )
+    data = random_sequences(args.steps * args.batch, args.seq_len, loaded.model.config.vocab_size, args.seed)
+    config = TrainConfig(
+        steps=args.steps, batch=args.batch, sandwich=args.sandwich, seed=args.seed, save_every=args.steps,
+        distill=distill, balance=balance,
+    )  # fmt: skip
+    ends: list[float] = []
+
+    def on_step(step: int, losses: list[float]) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        ends.append(time.perf_counter())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"throughput-{name}-") as out:
+        # the last step also writes the checkpoint; the median over steps leaves it out
+        train(model, space, data, config, out, progress=False, on_step=on_step)
+    steps = [b - a for a, b in zip([started, *ends[:-1]], ends, strict=True)][args.warmup :]
+    step_s = summarize(steps).median_us  # seconds here: the summary is unit-free
+    tokens = args.batch * args.seq_len
+    return {
+        "variant": name,
+        "device": str(device),
+        "timed_steps": len(steps),
+        "median_step_s": round(step_s, 4),
+        "p90_over_p10": round(summarize(steps).spread, 3),
+        "tokens_per_step": tokens,
+        "tokens_per_s": round(tokens / step_s, 1),
+        "subnet_tokens_per_s": round(tokens * args.sandwich / step_s, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--random-weights", action="store_true", help="architecture from config.json, seeded weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--sandwich", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--ffn-step", type=int, default=64)
+    parser.add_argument("--min-depth", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="full")
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. -gpu)")
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}: pick from {', '.join(VARIANTS)}")
+
+    import pandas as pd
+
+    device = torch.device(args.device)
+    rows = []
+    for name in args.variants.split(","):
+        rows.append(run_variant(name, args, device))
+        print(
+            f"{name}: {rows[-1]['tokens_per_s']:.0f} tokens/s ({rows[-1]['subnet_tokens_per_s']:.0f} subnet tokens/s), "
+            f"median step {rows[-1]['median_step_s']:.3f} s over {rows[-1]['timed_steps']} steps",
+            flush=True,
+        )
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"train_throughput{args.tag}"
+    atomic.write_text(Path(f"{stem}.csv"), table.to_csv(index=False))
+    info = machine() | ({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})
+    meta = {"settings": vars(args), "machine": info, "rows": rows}
+    atomic.write_text(Path(f"{stem}.json"), json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {stem}.csv/.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -146,6 +146,11 @@ class ShapeSpace:
 
         if ffn_step < 1:
             raise UsageError(f"ffn step {ffn_step} must be a positive number of channels")
+        if ffn_step > dims.ffn:
+            raise UsageError(
+                f"--ffn-step {ffn_step} is wider than the model's FFN ({dims.ffn} channels): "
+                f"pick at most {dims.ffn} (that step keeps the FFN whole)"
+            )
         self.dims = dims
         self.ordering = ordering if ordering is not None else Ordering.identity(dims)
         self.ffn_step = ffn_step

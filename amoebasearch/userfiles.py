@@ -36,8 +36,10 @@ def json_fault(err: json.JSONDecodeError) -> str:
 
 
 def check_output_path(path: Path, flag: str, folder: bool = False) -> None:
-    """Refuse an output path under an existing file (or, for a ``folder``, a file itself) before
-    hours of work, not when their results are written."""
+    """Refuse an output path under an existing file (or, for a ``folder``, a file itself; for a
+    file, a folder itself) before hours of work, not when their results are written."""
+    if not folder and path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: pass a file path such as {path / 'out.json'}")
     for parent in [path, *path.parents] if folder else path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -128,3 +128,24 @@ def test_a_checkpoint_without_weights_or_with_a_broken_config_is_named(tiny_chec
     (config_only / "config.json").write_text(json.dumps(broken))
     assert main(["info", "--model", str(config_only)]) == 2
     assert "cannot read the config" in error_line(capsys)
+
+
+def test_a_file_output_that_is_a_folder_is_refused_before_work(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "plan.json"
+    folder.mkdir()
+    assert main(["plan", "--model", str(tiny_checkpoint), "--out", str(folder)]) == 2
+    assert f"--out {folder} is a folder" in error_line(capsys)
+    # the DP checkpoint beside --out is written after every row: a folder there would fail hours in
+    out = tmp_path / "other.json"
+    (tmp_path / "other.json.dp-checkpoint.json").mkdir()
+    assert main(["plan", "--model", str(tiny_checkpoint), "--out", str(out)]) == 2
+    line = error_line(capsys)
+    assert "the DP checkpoint beside --out, " in line and "other.json.dp-checkpoint.json is a folder" in line
+
+
+def test_an_evaluation_count_that_would_never_finish_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["find", "--budget", "30ms", "--metric", "accuracy", "--eval-items", "100000000"])
+    assert exit_code.value.code == 2
+    line = error_line(capsys)
+    assert "--eval-items: 100,000,000 is over 10,000" in line and "per shape" in line

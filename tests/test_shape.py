@@ -68,6 +68,9 @@ def test_shape_space_of_smollm2():
     assert space.largest() == Shape.full(SMOL)
     assert space.smallest() == Shape((0,), 3, 64)
     assert width_options(100, 64) == (64, 100)
+    assert ShapeSpace(SMOL, ffn_step=1536).ffn_options == (1536,)
+    with pytest.raises(UsageError, match="--ffn-step 5000 is wider than the model's FFN"):
+        ShapeSpace(SMOL, ffn_step=5000)
 
 
 def test_shape_space_sampling_is_seeded_and_covers_the_space():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from amoebasearch.models import DEFAULT_MODEL
 
@@ -24,6 +25,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def positive_int_up_to(maximum: int, why: str) -> Callable[[str], int]:
+    """`positive_int` with a ceiling, for counts whose cost grows with them (``why`` says how)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{value:,} is over {maximum:,}: {why}")
+        return value
+
+    return parse
 
 
 def finite_float(text: str, minimum: float = 0.0, inclusive: bool = True) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from amoebasearch import atomic
-from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int, positive_int_up_to
 from amoebasearch.devices import check_device, check_device_name
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
@@ -21,6 +21,7 @@ from amoebasearch.search.study import SAMPLERS
 from amoebasearch.userfiles import check_output_path
 
 PHASES = ("decode", "prefill")
+MAX_EVAL_ITEMS = 10_000  # a cap with a reason beats a run that never ends
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -61,7 +62,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "label/answer/gold). Default: the embedded corpus (accuracy: a cloze task on its held-out chapters)",
     )
     parser.add_argument("--eval-tokens", type=positive_int, default=2048, help="ppl: held-out tokens per shape (2048)")
-    parser.add_argument("--eval-items", type=positive_int, default=200, help="accuracy: items per shape (200)")
+    parser.add_argument(
+        "--eval-items",
+        type=positive_int_up_to(MAX_EVAL_ITEMS, "each item costs a forward pass per choice per shape (200: 20-51 s)"),
+        default=200,
+        help=f"accuracy: items per shape (200, at most {MAX_EVAL_ITEMS:,})",
+    )
     parser.add_argument("--trials", type=positive_int, default=60, help="Optuna trials (default 60)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     parser.add_argument("--pareto", action="store_true", help="multi-objective study (quality, latency)")

@@ -101,9 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from amoebasearch.plan import make_plan
 
     out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a directory: pass a file path such as plan.json")
     check_output_path(out, "--out")
+    check_output_path(checkpoint_path(out), "the DP checkpoint beside --out,")
     docs = read_documents(args.data)  # reject a bad data file before the slow model load
     loaded = load(args.model)
     split = calibration_split(loaded.tokenizer, args.data, args.seq_len, args.tokens, 0, args.seed, docs=docs)

@@ -81,7 +81,7 @@ def train_supernet(
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory")
-    check_output_path(out, "--out")
+    check_output_path(out, "--out", folder=True)
     if not resume and out.is_dir() and any(out.iterdir()):
         if (out / "base.json").is_file():
             raise UsageError(

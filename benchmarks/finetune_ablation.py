@@ -6,7 +6,7 @@ balancing), --no-smol, --no-balance, --no-distill, all with the same steps, data
 
     python benchmarks/finetune_ablation.py                  # CPU-sized: 12 steps, seq 64, batch 2, lr 1e-3
     python benchmarks/finetune_ablation.py --steps 2000 --seq-len 256 --batch 8 --rank 64 --lr 2e-4 --heldout 64
-    python benchmarks/finetune_ablation.py --steps 150 --seeds 0,1 --tag -150 --resume   # several seeds, resumable
+    python benchmarks/finetune_ablation.py --steps 150 --seeds 0,1 --tag=-150 --resume   # several seeds, resumable
 
 The CPU defaults are cut to fit ~15 minutes of a 2-core CPU; the larger learning rate makes a
 12-step run move at all (the paper's 2e-4 is meant for 10K steps).

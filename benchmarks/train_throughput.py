@@ -5,14 +5,17 @@ autocast on CUDA) on full-length sequences, so every step does the same work, an
 median step time after ``--warmup`` steps:
 
     python benchmarks/train_throughput.py                                   # CPU: 6 steps, batch 2, seq 128
-    python benchmarks/train_throughput.py --device cuda --batch 8 --seq-len 256 --steps 24 --tag -gpu
+    python benchmarks/train_throughput.py --device cuda --batch 8 --seq-len 256 --steps 24 --tag=-gpu
     python benchmarks/train_throughput.py --model .gpu/smollm2-135m --random-weights ...  # config only
+    python benchmarks/train_throughput.py --dispatch --rank 8 --ffn-step 32 --steps 14 --tag=-dispatch
 
 Throughput depends on shapes, not on weight or token values, so ``--random-weights`` builds the
 real architecture from ``config.json`` (where the 98 MB weights cannot travel, e.g. a lent GPU)
 and sequences are seeded random token ids, every token labelled (the loss is over all of them,
-as for plain text). ``tokens/s`` counts each sequence once; ``subnet tokens/s`` counts it once per
-sampled shape (K forward and backward passes per step).
+as for plain text). ``--dispatch`` swaps in SmolLM2's 30 layers at a width where FLOPs vanish, so
+the step time is what the loop costs to dispatch its ops: the bound of a step on a large GPU
+(an H100 ran 1.2 s steps of ~7 TFLOP). ``tokens/s`` counts each sequence once; ``subnet
+tokens/s`` counts it once per sampled shape (K forward and backward passes per step).
 
 Writes benchmarks/results/train_throughput{tag}.csv and .json (settings, machine).
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fingerprint import machine  # noqa: E402
 
 from amoebasearch import atomic, models  # noqa: E402
+from amoebasearch.models import ModelDims  # noqa: E402
 from amoebasearch.planfile import Plan  # noqa: E402
 from amoebasearch.profile.timing import summarize  # noqa: E402
 from amoebasearch.shape import ShapeSpace  # noqa: E402
@@ -52,18 +56,35 @@ def random_sequences(count: int, length: int, vocab: int, seed: int) -> list[Tok
     return [Tokenised(tuple(row), tuple(row)) for row in ids]
 
 
+def dispatch_model(seed: int) -> tuple[torch.nn.Module, ModelDims]:
+    """SmolLM2's depth and head layout at a width where FLOPs vanish (72 hidden, 192 FFN), so a
+    step's time is the loop's cost of dispatching ops: what bounds a step on a large GPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=72, intermediate_size=192, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        vocab_size=512, max_position_embeddings=512, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config), ModelDims.from_config(config)
+
+
 def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    loaded = models.random_weights(args.model, seed=args.seed) if args.random_weights else models.load(args.model)
-    plan = Plan.identity(loaded.model.config)
-    space = ShapeSpace(loaded.dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
+    if args.dispatch:
+        model, dims = dispatch_model(args.seed)
+    else:
+        loaded = models.random_weights(args.model, seed=args.seed) if args.random_weights else models.load(args.model)
+        model, dims = loaded.model, loaded.dims
+    plan = Plan.identity(model.config)
+    space = ShapeSpace(dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
     loras, top_k, distill, balance = VARIANTS[name]
     torch.manual_seed(args.seed)
     model = SMoLModel(
-        loaded.model.to(device),
+        model.to(device),
         SMoLConfig(num_loras=loras, top_k=top_k, rank=args.rank, alpha=2.0 * args.rank),
         plan.ordering,
     )
-    data = random_sequences(args.steps * args.batch, args.seq_len, loaded.model.config.vocab_size, args.seed)
+    data = random_sequences(args.steps * args.batch, args.seq_len, model.base.config.vocab_size, args.seed)
     config = TrainConfig(
         steps=args.steps, batch=args.batch, sandwich=args.sandwich, seed=args.seed, save_every=args.steps,
         distill=distill, balance=balance,
@@ -101,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--random-weights", action="store_true", help="architecture from config.json, seeded weights")
+    parser.add_argument("--dispatch", action="store_true", help="a 30-layer, 72-wide model: the loop's dispatch cost")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")

@@ -81,6 +81,7 @@ def test_only_selected_loras_receive_gradients():
         norms = layer.lora_A.grad.flatten(1).norm(dim=1)
         assert {i for i in range(6) if norms[i] > 0} == chosen
     assert smol.gate.net[0].weight.grad is not None  # the gate learns through the mixture weights
+    assert not route._columns  # the per-forward expansion of the gate weights is dropped on exit
     assert all(not p.requires_grad for n, p in smol.base.named_parameters() if "lora_" not in n)  # base frozen
 
 

@@ -130,6 +130,13 @@ def width_options(total: int, step: int) -> tuple[int, ...]:
     return tuple(options + [total])
 
 
+def saved_ffn_step(step: Any, dims: ModelDims) -> int:
+    """An FFN step read back from a table's or supernet's settings. Files written before
+    `ShapeSpace` refused steps wider than the FFN meant "keep the FFN whole" by them; they
+    still load as that."""
+    return min(int(step), dims.ffn)
+
+
 class ShapeSpace:
     """The discrete set of shapes a supernet serves: depth 1..L (layer sets from an ordering),
     query-head counts that keep every KV group equal, and FFN widths in multiples of ``ffn_step``.

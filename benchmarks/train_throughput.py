@@ -76,7 +76,7 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
         loaded = models.random_weights(args.model, seed=args.seed) if args.random_weights else models.load(args.model)
         model, dims = loaded.model, loaded.dims
     plan = Plan.identity(model.config)
-    space = ShapeSpace(dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
+    space = ShapeSpace(dims, plan.ordering, ffn_step=args.ffn_step, min_depth=min(args.min_depth, dims.num_layers))
     loras, top_k, distill, balance = VARIANTS[name]
     torch.manual_seed(args.seed)
     model = SMoLModel(
@@ -100,9 +100,9 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"throughput-{name}-") as out:
-        # the last step also writes the checkpoint; the median over steps leaves it out
         train(model, space, data, config, out, progress=False, on_step=on_step)
-    steps = [b - a for a, b in zip([started, *ends[:-1]], ends, strict=True)][args.warmup :]
+    # the warm-up steps are left out, and the last, which also writes the checkpoint
+    steps = [b - a for a, b in zip([started, *ends[:-1]], ends, strict=True)][args.warmup : -1]
     step_s = summarize(steps).median_us  # seconds here: the summary is unit-free
     tokens = args.batch * args.seq_len
     return {
@@ -136,8 +136,8 @@ def main() -> None:
     parser.add_argument("--variants", default="full")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. -gpu)")
     args = parser.parse_args()
-    if args.steps <= args.warmup:
-        parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if args.steps < args.warmup + 2:
+        parser.error(f"--steps {args.steps} must be at least --warmup + 2 (the last, checkpointing step is not timed)")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}: pick from {', '.join(VARIANTS)}")

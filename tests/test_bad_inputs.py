@@ -140,7 +140,7 @@ def test_a_file_output_that_is_a_folder_is_refused_before_work(tiny_checkpoint, 
     (tmp_path / "other.json.dp-checkpoint.json").mkdir()
     assert main(["plan", "--model", str(tiny_checkpoint), "--out", str(out)]) == 2
     line = error_line(capsys)
-    assert "the DP checkpoint beside --out, " in line and "other.json.dp-checkpoint.json is a folder" in line
+    assert "the DP checkpoint beside --out, " in line and "dp-checkpoint.json, is a folder: remove it" in line
 
 
 def test_an_evaluation_count_that_would_never_finish_is_refused(capsys):

@@ -5,7 +5,7 @@ import pytest
 
 from amoebasearch.errors import UsageError
 from amoebasearch.ordering import Ordering
-from amoebasearch.shape import ModelDims, Shape, ShapeSpace, width_options
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step, width_options
 
 SMOL = ModelDims(num_layers=30, num_heads=9, num_kv_heads=3, ffn=1536, hidden=576, head_dim=64)
 
@@ -71,6 +71,7 @@ def test_shape_space_of_smollm2():
     assert ShapeSpace(SMOL, ffn_step=1536).ffn_options == (1536,)
     with pytest.raises(UsageError, match="--ffn-step 5000 is wider than the model's FFN"):
         ShapeSpace(SMOL, ffn_step=5000)
+    assert saved_ffn_step("5000", SMOL) == 1536 and saved_ffn_step(64, SMOL) == 64  # older files still load
 
 
 def test_shape_space_sampling_is_seeded_and_covers_the_space():

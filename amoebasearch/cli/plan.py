@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_path(out, "--out")
-    check_output_path(checkpoint_path(out), "the DP checkpoint beside --out,")
+    if checkpoint_path(out).is_dir():
+        raise UsageError(
+            f"the DP checkpoint beside --out, {checkpoint_path(out)}, is a folder: remove it or pick another --out"
+        )
     docs = read_documents(args.data)  # reject a bad data file before the slow model load
     loaded = load(args.model)
     split = calibration_split(loaded.tokenizer, args.data, args.seq_len, args.tokens, 0, args.seed, docs=docs)

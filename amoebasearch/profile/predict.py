@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.table import LatencyTable
-from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 
 FIXED_BLOCKS = ("embedding", "head", "overhead")
 
@@ -91,7 +91,7 @@ def predict_latency(shape: Shape, table: LatencyTable, phase: str = "decode", ba
 def table_space(table: LatencyTable) -> ShapeSpace:
     """The identity-ordered shape space a table prices (dims and FFN step from its sidecar)."""
     dims = ModelDims(**table.meta["model"]["dims"])
-    return ShapeSpace(dims, ffn_step=int(table.meta.get("settings", {}).get("ffn_step", 64)))
+    return ShapeSpace(dims, ffn_step=saved_ffn_step(table.meta.get("settings", {}).get("ffn_step", 64), dims))
 
 
 def phase_predictors(table: LatencyTable, batch: int = 1, context: int = 128) -> dict[str, Callable[[Shape], float]]:

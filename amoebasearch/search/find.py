@@ -27,7 +27,7 @@ from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, Log
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import choose_table
-from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 
 METRICS = tuple(HIGHER_IS_BETTER)
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
@@ -254,9 +254,8 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
     if table.warning():
         warn(table.warning())
     point = point_model(table, request.phase, request.batch, request.context)
-    space = ShapeSpace(
-        ModelDims.from_config(config), plan.ordering, ffn_step=table.meta["settings"].get("ffn_step", 64)
-    )
+    dims = ModelDims.from_config(config)
+    space = ShapeSpace(dims, plan.ordering, ffn_step=saved_ffn_step(table.meta["settings"].get("ffn_step", 64), dims))
     quality = QualitySource(request, plan)
     source = source_signature(request, signature, plan)  # hashes a supernet's adapter weights: once
     storage, cache = open_quality_cache(request, source, quality.eval_settings)

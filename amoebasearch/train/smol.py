@@ -193,7 +193,9 @@ class SMoLLinear(nn.Linear):
     zero, so a fresh adapter leaves the model's outputs unchanged.
     """
 
-    amoeba_slice: tuple = (None, None)  # no shape set: found here, not through nn.Module's slow __getattr__
+    # No shape set: read from the class, not through nn.Module's slow __getattr__. So hasattr is
+    # always true here: whether a shape is set is `"amoeba_slice" in vars(layer)`.
+    amoeba_slice: tuple = (None, None)
 
     def __init__(self, base: nn.Linear, config: SMoLConfig, state: _RouteHolder) -> None:
         nn.Module.__init__(self)

@@ -24,7 +24,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
 from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load, load_config, model_signature
 from amoebasearch.planfile import Plan
-from amoebasearch.shape import ModelDims, Shape, ShapeSpace
+from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 from amoebasearch.train import instruct
 from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
 from amoebasearch.train.trainer import TrainConfig, require_batches, train
@@ -39,7 +39,8 @@ def space_to_dict(space: ShapeSpace) -> dict[str, Any]:
 
 
 def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeSpace:
-    return ShapeSpace(dims, plan.ordering, ffn_step=int(data["ffn_step"]), min_depth=int(data["min_depth"]))
+    step = saved_ffn_step(data["ffn_step"], dims)
+    return ShapeSpace(dims, plan.ordering, ffn_step=step, min_depth=int(data["min_depth"]))
 
 
 def write_header(out: Path, model_ref: str, config: Any, plan: Plan, space: ShapeSpace, extra: dict) -> None:

@@ -127,8 +127,36 @@ def test_compile_runtime_matches_eager_on_a_stack(device):
             torch.testing.assert_close(run(args), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_cudagraph_runtime_needs_cuda():
+    with pytest.raises(UsageError, match="runtime cudagraph replays CUDA graphs: pass --device cuda:N"):
+        get_runtime("cudagraph", "cpu", torch.float32)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_cudagraph_replays_equal_eager_for_new_inputs():
+    """Captured once, replayed with fresh inputs each call: every replay computes that call's
+    inputs (not the first call's), for a block stack and a whole subnet, prefill and decode."""
+    from amoebasearch.profile.blocks import BlockStack, stack_model
+
+    model = tiny_model("llama").to("cuda")
+    runtime = get_runtime("cudagraph", "cuda:0", torch.float32)
+    ctx = Context(runtime, "cuda:0", torch.float32)
+    stack = stack_model(model, 2, 64)
+    subnet = extract(model, Shape((0, 2), 2, 64))
+    for point in (Point("prefill", 1, 8), Point("decode", 1, 8)):
+        for module, (run, make, _) in (
+            (BlockStack(stack.model.layers), stack_program(stack, point, ctx)),
+            (Decoder(subnet), model_program(subnet, point, ctx)),
+        ):
+            for _ in range(3):
+                args = make()
+                with torch.inference_mode():
+                    expected = module(*args).clone()
+                torch.testing.assert_close(run(args).clone(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["eager", "compile", "cudagraph"])
 def test_cuda_subnet_programs_run(name):
     """What validation times on a GPU: an extracted subnet, whole, in each runtime."""
     from amoebasearch.export import extract

@@ -40,7 +40,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     parser.add_argument(
-        "--runtime", default="eager", help="eager, compile or onnxruntime (default eager); vllm etc. are plug-ins"
+        "--runtime",
+        default="eager",
+        help="eager, compile, onnxruntime, or cudagraph on CUDA (default eager); vllm etc. are plug-ins",
     )
     parser.add_argument("--phases", type=comma_list(str), default=["prefill", "decode"], help="default prefill,decode")
     parser.add_argument("--batch", type=comma_list(int), default=[1], help="batch sizes, e.g. 1,8 (default 1)")

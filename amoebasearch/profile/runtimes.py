@@ -4,8 +4,9 @@ A runtime turns a tensor-only module (see ``blocks.py``) into a callable ``run(a
 Built in: ``eager`` (PyTorch as is), ``compile`` (``torch.compile`` of every decoder block and
 the final norm: "regional" compilation with symbolic weight shapes, so a few compiled graphs
 serve every block, width and subnet instead of one compile per subnet; CUDA graphs via
-``mode="reduce-overhead"`` on GPU) and ``onnxruntime`` (each program exported to ONNX and run
-by an ORT session, CPU execution provider here, CUDA EP where the installed ORT has it).
+``mode="reduce-overhead"`` on GPU), ``onnxruntime`` (each program exported to ONNX and run
+by an ORT session, CPU execution provider here, CUDA EP where the installed ORT has it) and, on
+CUDA only, ``cudagraph`` (eager kernels, each whole program captured in one CUDA graph).
 
 The serving engines of the paper's Figure 1 (MLC-LLM, vLLM, TensorRT-LLM) are registered as
 `PluginRuntime` entries that say what to install. To add one, subclass `Runtime`, implement
@@ -156,6 +157,69 @@ class GraphOutputCopy(nn.Module):
     def forward(self, *args, **kwargs):
         out = self.block(*args, **kwargs)
         return out.clone() if isinstance(out, torch.Tensor) else type(out)(t.clone() for t in out)
+
+
+class CudaGraphRuntime(Runtime):
+    """PyTorch's eager kernels, each program captured whole in one CUDA graph and replayed (CUDA only).
+
+    At batch 1 a 135M model's eager step is bound by the host launching kernels (an H100 spent
+    ~660 us per block, each block's own GPU work a few us), so its latency is the host's and
+    swings with it. A graph launches a whole program (a block stack, or a subnet's full step) in
+    one call, as serving engines run decode, and what is timed is the GPU's work. Per-block
+    ``mode="reduce-overhead"`` (the ``compile`` runtime) does not get there: blocks share one
+    compiled function whose parameters are static graph inputs, so every block is its own
+    recording, found by checking invariants on every call (stop 19: no faster than eager).
+    """
+
+    name = "cudagraph"
+
+    def check(self, device: str, dtype: torch.dtype) -> None:
+        if not device.startswith("cuda"):
+            raise UsageError(
+                "runtime cudagraph replays CUDA graphs: pass --device cuda:N (on a CPU: eager, compile or onnxruntime)"
+            )
+
+    def program(self, module: nn.Module, example: tuple) -> Program:
+        return GraphReplay(module)
+
+
+class GraphReplay:
+    """A module's call captured in a CUDA graph on first use, then replayed.
+
+    The graph reads its inputs where the first call's arguments live, so each later call copies
+    new inputs there (device-to-device; skipped for the very tensors of the first call, e.g. the
+    KV cache and rotary tables a program passes every time) and replays. The copy is what any
+    graph-serving engine pays per step, so it is timed. The first call also warms the module up
+    on a side stream, as capture requires.
+    """
+
+    def __init__(self, module: nn.Module, warmup: int = 2) -> None:
+        self.module, self.warmup = module, warmup
+        self.graph: Any = None
+        self.inputs: tuple = ()
+        self.output: Any = None
+
+    def __call__(self, args: tuple) -> Any:
+        if self.graph is None:
+            self._capture(args)
+        for buffer, value in zip(self.inputs, args, strict=True):
+            if buffer is not None and value is not None and value.data_ptr() != buffer.data_ptr():
+                buffer.copy_(value)
+        self.graph.replay()
+        return self.output
+
+    def _capture(self, args: tuple) -> None:
+        self.inputs = tuple(args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(self.warmup):
+                self.module(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            self.output = self.module(*self.inputs)
+        self.graph = graph
 
 
 class OnnxRuntime(Runtime):
@@ -323,6 +387,7 @@ RUNTIMES: dict[str, Runtime | Callable[[], Runtime]] = {
     "eager": EagerRuntime,
     "compile": CompileRuntime,
     "onnxruntime": OnnxRuntime,
+    "cudagraph": CudaGraphRuntime,
     "mlc-llm": lambda: PluginRuntime("mlc-llm", "mlc_llm", "pip install mlc-llm (see llm.mlc.ai)"),
     "vllm": lambda: PluginRuntime("vllm", "vllm", "pip install vllm (CUDA only)"),
     "tensorrt-llm": lambda: PluginRuntime("tensorrt-llm", "tensorrt_llm", "pip install tensorrt-llm (CUDA only)"),

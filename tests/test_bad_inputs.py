@@ -149,3 +149,12 @@ def test_an_evaluation_count_that_would_never_finish_is_refused(capsys):
     assert exit_code.value.code == 2
     line = error_line(capsys)
     assert "--eval-items: 100,000,000 is over 10,000" in line and "per shape" in line
+
+
+def test_a_negative_looking_value_gets_the_equals_hint(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["find", "--budget", "-5ms"])
+    assert exit_code.value.code == 2
+    assert "is written --budget=VALUE" in error_line(capsys)
+    assert main(["find", "--budget=-5ms"]) == 2  # then the budget itself is refused, in one line
+    assert "budget '-5ms' is not a latency" in error_line(capsys)

@@ -17,6 +17,10 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem and pointing at --help."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("argument --") and message.endswith(": expected one argument"):
+            # also what `--budget -5ms` gets: argparse reads a value that starts with '-' as an option
+            option = message.removeprefix("argument ").split(":")[0].split("/")[0]
+            message += f" (a value that starts with '-' is written {option}=VALUE)"
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 

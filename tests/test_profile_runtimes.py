@@ -163,6 +163,7 @@ def test_cudagraph_replays_equal_eager_for_new_inputs():
                 args = make()
                 with torch.inference_mode():
                     expected = module(*args).clone()
+                # read at once: an output is valid until the next replay of any graph of the pool
                 torch.testing.assert_close(run(args).clone(), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -190,8 +190,10 @@ class CudaGraphRuntime(Runtime):
             raise UsageError(f"runtime cudagraph cannot capture a {rope} RoPE model: use --runtime eager or compile")
         if self.pool is None:
             # One memory pool for every graph of the run, not one each (a table holds widths x instances
-            # graphs at once): replays run one at a time on one stream, each graph's inputs live outside
-            # the pool and its outputs stay referenced, so what graphs share is only dead intermediates.
+            # graphs at once). Replays run one at a time on one stream and every input lives outside the
+            # pool, so a graph only ever reads what it wrote in the same replay; a later capture may put
+            # its output where an earlier graph keeps intermediates, so an output is valid only until
+            # the next replay of any graph (the timing harness never reads outputs).
             self.pool = torch.cuda.graph_pool_handle()
         return GraphReplay(module, pool=self.pool)
 
@@ -221,7 +223,7 @@ class GraphReplay:
                     raise ValueError(f"a captured program got shape {tuple(value.shape)}, not {tuple(buffer.shape)}")
                 buffer.copy_(value)
         self.graph.replay()
-        return self.output  # the graph's own memory: the next replay overwrites it
+        return self.output  # valid until the next replay of any graph sharing the pool
 
     def _capture(self, args: tuple) -> None:
         self.inputs = tuple(args)

@@ -19,6 +19,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.models import decoder_layers, model_signature, projections
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
+from amoebasearch.userfiles import check_output_path
 
 SHAPE_FILE = "amoebasearch-shape.json"  # marks an export: the shape it was cut to
 
@@ -83,8 +84,7 @@ def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -
     `SHAPE_FILE`): any other folder, a Hugging Face model included, may hold the user's own files.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: pass a directory path")
+    check_output_path(out, "--out", folder=True)
     if out.is_dir() and any(out.iterdir()) and not (out / SHAPE_FILE).is_file():
         raise UsageError(
             f"--out {out} is a non-empty directory that no earlier export wrote: choose a new or empty path"

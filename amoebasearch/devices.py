@@ -26,15 +26,16 @@ def check_device_name(device: str) -> str:
     raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")
 
 
-def check_device(device: str) -> str:
-    """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists here."""
+def check_device(device: str, instead: str = "use --device cpu") -> str:
+    """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists
+    here and, without CUDA, what to do ``instead``."""
     import torch
 
     if check_device_name(device) == "cpu":
         return device
     index = cuda_index(device)
     if not torch.cuda.is_available():
-        raise UsageError(f"--device {device} but CUDA is not available here: use --device cpu")
+        raise UsageError(f"--device {device} but CUDA is not available here: {instead}")
     if index >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     return f"cuda:{index}"

@@ -77,18 +77,24 @@ def extract(model: nn.Module, shape: Shape, ordering: Ordering | None = None) ->
     return subnet
 
 
+def check_export_dir(out_dir: str | Path, flag: str = "--out") -> Path:
+    """Refuse an export directory `save_subnet` would refuse, before the caller loads a model for it."""
+    out = Path(out_dir)
+    check_output_path(out, flag, folder=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / SHAPE_FILE).is_file():
+        raise UsageError(
+            f"{flag} {out} is a non-empty directory that no earlier export wrote: choose a new or empty path"
+        )
+    return out
+
+
 def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> Path:
     """Write a loadable checkpoint directory atomically (temp dir + rename).
 
     An existing ``out_dir`` is replaced only when empty or an earlier export (it holds
     `SHAPE_FILE`): any other folder, a Hugging Face model included, may hold the user's own files.
     """
-    out = Path(out_dir)
-    check_output_path(out, "--out", folder=True)
-    if out.is_dir() and any(out.iterdir()) and not (out / SHAPE_FILE).is_file():
-        raise UsageError(
-            f"--out {out} is a non-empty directory that no earlier export wrote: choose a new or empty path"
-        )
+    out = check_export_dir(out_dir)
     with atomic.directory(out) as tmp:
         subnet.save_pretrained(tmp)
         if tokenizer is not None:

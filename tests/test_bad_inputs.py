@@ -33,6 +33,29 @@ def test_export_never_replaces_a_folder_it_did_not_write(tiny_checkpoint, tmp_pa
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
 
 
+def test_a_folder_export_would_refuse_is_refused_before_any_model_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import amoebasearch.cli.export as export_cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(export_cli, "load", no_load)
+    assert main(["export", "--model", str(tiny_checkpoint), "--depth", "2", "--out", str(mine)]) == 2
+    assert "--out" in error_line(capsys)  # and "no earlier export wrote": the whole message
+    assert main(["export", "--supernet", str(tmp_path / "none"), "--depth", "2", "--out", str(mine)]) == 2
+    assert "no earlier export wrote" in error_line(capsys)
+    find = ["find", "--model", str(tiny_checkpoint), "--budget", "30ms", "--out", str(tmp_path / "f")]
+    assert main([*find, "--export", str(mine)]) == 2
+    assert error_line(capsys).endswith(
+        f"--export {mine} is a non-empty directory that no earlier export wrote: choose a new or empty path"
+    )
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_export_replaces_its_own_earlier_export_but_not_the_working_folder(
     tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
@@ -158,3 +181,13 @@ def test_a_negative_looking_value_gets_the_equals_hint(capsys):
     assert "is written --budget=VALUE" in error_line(capsys)
     assert main(["find", "--budget=-5ms"]) == 2  # then the budget itself is refused, in one line
     assert "budget '-5ms' is not a latency" in error_line(capsys)
+
+
+def test_find_on_a_gpu_this_machine_lacks_asks_for_its_table(tiny_checkpoint, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the GPU's own table would be looked up")
+    find = ["find", "--model", str(tiny_checkpoint), "--budget", "30ms", "--out", str(tmp_path / "f")]
+    assert main([*find, "--device", "cuda:0"]) == 2
+    assert error_line(capsys).endswith("CUDA is not available here: pass --profile TABLE to search its table")

@@ -1,5 +1,7 @@
 """Tables: round trip, model-signature refusal, predictor composition, resume after a kill."""
 
+import json
+
 import pandas as pd
 import pytest
 from conftest import tiny_model
@@ -103,7 +105,7 @@ def test_missing_table_or_sidecar_is_a_usage_error(tmp_path):
         load_table(tmp_path / "lonely.csv")
 
 
-def _profile(model, path, points, interrupt_after=None):
+def _profile(model, path, points, interrupt_after=None, interleave=1):
     from amoebasearch.profile import profiler
 
     runtime = get_runtime("eager", "cpu", model.dtype)
@@ -118,7 +120,7 @@ def _profile(model, path, points, interrupt_after=None):
 
     ctx = Context(runtime, "cpu", model.dtype)
     profiler.profile_model(
-        model, table, ctx, points, ffn_step=64, warmup=1, repeats=20, interleave=1, progress=progress
+        model, table, ctx, points, ffn_step=64, warmup=1, repeats=20, interleave=interleave, progress=progress
     )
     return table
 
@@ -138,9 +140,9 @@ def test_resume_after_a_kill_keeps_finished_rows(tmp_path, monkeypatch):
     measured = []
     original = profiler.decoder_rows
 
-    def spy(model, ctx, point, widths, settings):
+    def spy(model, ctx, point, widths, settings, **kwargs):
         measured.extend(widths)
-        return original(model, ctx, point, widths, settings)
+        return original(model, ctx, point, widths, settings, **kwargs)
 
     monkeypatch.setattr(profiler, "decoder_rows", spy)
     table = _profile(model, tmp_path, points)
@@ -148,6 +150,53 @@ def test_resume_after_a_kill_keeps_finished_rows(tmp_path, monkeypatch):
     assert not {("decoder", h, f, "decode", 1, 8) for h, f in measured} & finished
     reloaded = load_table(csv)
     assert len(reloaded.rows) == 7 and reloaded.meta["layer_index_check"]["layers"] == [0, 2, 3]
+
+
+def test_a_kill_inside_a_group_keeps_its_finished_rounds(tmp_path, monkeypatch):
+    from amoebasearch.profile import rounds
+
+    model = tiny_model("llama")
+    points = [Point("decode", 1, 8)]
+    timed = {"rounds": 0, "killed": False}
+    original = rounds.RoundLog.record
+
+    def record_then_die(self, samples):
+        timed["rounds"] += 1
+        original(self, samples)
+        if timed["rounds"] == 7 and not timed["killed"]:
+            timed["killed"] = True
+            self.flush()  # as the every-10-s write would have
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rounds.RoundLog, "record", record_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _profile(model, tmp_path, points, interleave=None)  # all 4 widths in one group
+    log = next(tmp_path.glob("*.rounds.json"))
+    kept = json.loads(log.read_text())["samples"]
+    assert len(kept) == 4 and {len(s) for s in kept} == {7}  # 4 widths x 1 instance, 7 complete rounds
+
+    timed["rounds"] = 0
+    table = _profile(model, tmp_path, points, interleave=None)
+    assert timed["rounds"] == 20 - 7  # only the missing rounds were timed
+    decoder = table.rows[table.rows.block == "decoder"]
+    assert len(decoder) == 4 and (decoder.repeats == 20).all()
+    assert not log.exists()  # the group's rows are in the table; its log is gone
+
+
+def test_a_new_table_discards_an_old_runs_rounds(tmp_path):
+    from amoebasearch.profile import profiler
+    from amoebasearch.profile.rounds import RoundLog, rounds_path
+
+    model = tiny_model("llama")
+    runtime = get_runtime("eager", "cpu", model.dtype)
+    points = [Point("decode", 1, 8)]
+    table = profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, {}, resume=False)
+    log = RoundLog(rounds_path(table.path), {"point": "old"}, every_s=0)
+    log.record([[1.0], [2.0]])
+    assert log.path.exists() and log.load() == [[1.0], [2.0]]
+    assert RoundLog(log.path, {"point": "other"}).load() is None  # another group's rounds are not resumed
+    profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, {}, resume=False)
+    assert not log.path.exists()
 
 
 def test_widths_are_timed_in_order_of_cost_with_heads_and_ffn_interleaved():

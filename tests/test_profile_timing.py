@@ -78,6 +78,28 @@ def test_alternate_rounds_run_back_and_forth_and_keep_each_programs_samples():
     assert [s.median_us for s in stats] == [1.0, 2.0, 3.0]
 
 
+def test_done_rounds_are_kept_and_only_the_rest_are_timed():
+    order = []
+    programs = [(lambda x, name=name: order.append(name), lambda: None, None) for name in "ab"]
+    heard = []
+    done = [[5.0] * 3, [6.0] * 3]  # three rounds a killed run finished
+    samples = timing.sample_interleaved(
+        programs,
+        clock=FakeClock([1.0, 2.0] * 17),
+        warmup=0,
+        repeats=20,
+        alternate=True,
+        done=done,
+        on_round=lambda s: heard.append(len(s[0])),
+    )
+    assert samples[0][:3] == [5.0] * 3 and len(samples[0]) == len(samples[1]) == 20
+    assert heard == list(range(4, 21))  # told after every complete round
+    assert "".join(order[:4]) == "baab"  # round 3 is odd: it runs backwards, as it would have
+    assert done == [[5.0] * 3, [6.0] * 3]  # the caller's lists are not grown in place
+    with pytest.raises(ValueError, match="complete rounds"):
+        timing.sample_interleaved(programs, warmup=0, repeats=20, done=[[1.0], []])
+
+
 def test_too_few_repeats_is_refused():
     with pytest.raises(ValueError, match="at least 20"):
         timing.measure(lambda x: None, lambda: None, repeats=5)

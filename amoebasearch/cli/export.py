@@ -7,7 +7,7 @@ import sys
 
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args, positive_int
 from amoebasearch.errors import UsageError
-from amoebasearch.export import extract, save_subnet
+from amoebasearch.export import check_export_dir, extract, save_subnet
 from amoebasearch.models import DEFAULT_MODEL, load, load_config
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
@@ -51,6 +51,7 @@ def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Orderin
 
 
 def run(args: argparse.Namespace) -> int:
+    check_export_dir(args.out)  # before seconds of model loading, not after
     if args.supernet:
         return run_supernet(args)
     config = load_config(args.model)

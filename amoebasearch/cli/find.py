@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device) if args.verify else check_device_name(args.device)
     check_output_path(Path(args.out), "--out", folder=True)
     if args.export:
-        check_output_path(Path(args.export), "--export", folder=True)
+        from amoebasearch.export import check_export_dir
+
+        check_export_dir(args.export, "--export")  # what the export will refuse, refused before the search
     if args.supernet and args.plan:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(

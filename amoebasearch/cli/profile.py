@@ -51,7 +51,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="profiles", help="output folder (default profiles/)")
     parser.add_argument("--validate", type=int, default=0, metavar="N", help="validate on N held-out subnets")
     parser.add_argument("--calibrate", type=int, default=16, metavar="K", help="subnets to fit calibration (16)")
-    parser.add_argument("--resume", action="store_true", help="keep finished rows and measure only the rest")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished rows (and the finished rounds of a group cut short) and measure only the rest",
+    )
     parser.add_argument(
         "--estimate",
         metavar="DEVICE",

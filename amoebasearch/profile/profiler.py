@@ -4,13 +4,16 @@ For every grid point (phase, batch, context): the fixed blocks (embedding, head 
 per-call overhead, from paired interleaved timings of a reference stack and the same stack run
 end to end) and then one decoder block at every (heads, FFN) width, all widths of the point
 interleaved round-robin (so drift of a shared machine moves every row alike). Rows already
-in the table are skipped, which is what makes ``--resume`` work.
+in the table are skipped and the group being timed keeps its finished rounds beside the table
+(`rounds.RoundLog`), which is what makes ``--resume`` work: a kill loses at most ten seconds and one round.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
 from amoebasearch.profile.estimate import block_cost
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
+from amoebasearch.profile.rounds import RoundLog, rounds_path
 from amoebasearch.profile.table import LatencyTable, table_row
 from amoebasearch.shape import ModelDims
 
@@ -102,6 +106,7 @@ def decoder_rows(
     widths: list[tuple[int, int]],
     settings: dict,
     there_and_back: bool = True,
+    rounds_file: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per width: a stack of distinct real blocks at that width, timed and divided by its depth.
 
@@ -109,7 +114,8 @@ def decoder_rows(
     is their median (see `Runtime.instances` for why one allocation is not enough). Widths run
     smallest to largest and back (`by_size`, ``alternate``), so each stack follows one of
     similar size, as inside a subnet; ``there_and_back=False`` (for `benchmarks/stack_order.py`)
-    runs every round one way.
+    runs every round one way. With ``rounds_file`` the finished rounds are kept there (`RoundLog`)
+    and a killed run's rounds of this same group are resumed from it.
     """
     count = settings["instances"]
     dims = ModelDims.from_config(model.config)
@@ -120,13 +126,25 @@ def decoder_rows(
         for h, f in widths
         for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
     ]
-    stats = timing.measure_interleaved(
-        programs,
-        clock=settings["clock"],
-        warmup=settings["warmup"],
-        repeats=settings["repeats"],
-        alternate=there_and_back,
-    )
+    log = None
+    if rounds_file is not None:
+        key = {"point": asdict(point), "widths": [list(w) for w in widths], "instances": count}
+        log = RoundLog(rounds_file, {**key, "repeats": settings["repeats"]})
+    done = log.load() if log is not None else None
+    try:
+        stats = timing.measure_interleaved(
+            programs,
+            clock=settings["clock"],
+            warmup=settings["warmup"],
+            repeats=settings["repeats"],
+            alternate=there_and_back,
+            done=done,
+            on_round=log.record if log is not None else None,
+        )
+    except BaseException:  # Ctrl-C, a crash: keep every complete round for --resume
+        if log is not None:
+            log.flush()
+        raise
     depth = stack_depth(dims)
     return [
         _row("decoder", h, f, point, timing.median_of_instances(stats[i * count : (i + 1) * count]), scale=depth)
@@ -168,9 +186,12 @@ def profile_model(
             progress(1 + len(widths) - len([w for w in widths if ("decoder", *w, *key) not in done]))
         todo = [(h, f) for h, f in widths if ("decoder", h, f, *key) not in done]
         group = interleave or len(widths)
+        rounds_file = rounds_path(table.path) if table.path is not None else None
         for start in range(0, len(todo), group):
             chunk = todo[start : start + group]
-            table.append(decoder_rows(model, ctx, point, chunk, settings))
+            table.append(decoder_rows(model, ctx, point, chunk, settings, rounds_file=rounds_file))
+            if rounds_file is not None:
+                rounds_file.unlink(missing_ok=True)  # its rows are in the table now
             if progress:
                 progress(len(chunk))
     return table
@@ -194,8 +215,6 @@ def table_meta(
     model_name: str, config: Any, runtime, device: str, dtype: str, points: list[Point], settings: dict
 ) -> dict[str, Any]:
     """The sidecar of a measured table: what, where, with what, how."""
-    from dataclasses import asdict
-
     from amoebasearch.profile.fingerprint import device_fingerprint, library_versions
     from amoebasearch.profile.table import FORMAT
 
@@ -230,9 +249,8 @@ def open_table(
     settings: dict,
     resume: bool,
 ) -> LatencyTable:
-    """A new table at its canonical path, or (``resume``) the finished part of an earlier run."""
-    from pathlib import Path
-
+    """A new table at its canonical path, or (``resume``) the finished part of an earlier run
+    (with the finished rounds of the group it was killed in, `RoundLog`)."""
     from amoebasearch.errors import UsageError
     from amoebasearch.profile.fingerprint import device_slug
     from amoebasearch.profile.table import load_table, table_name
@@ -253,6 +271,7 @@ def open_table(
         return table
     table = LatencyTable.empty(meta, path)
     table.save(path)
+    rounds_path(path).unlink(missing_ok=True)  # an earlier run's rounds belong to its table, not this one
     return table
 
 

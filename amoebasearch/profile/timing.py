@@ -144,9 +144,13 @@ def measure_interleaved(
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
     alternate: bool = False,
+    done: Sequence[Sequence[float]] | None = None,
+    on_round: Callable[[list[list[float]]], Any] | None = None,
 ) -> list[Stats]:
     """`sample_interleaved`, summarised per program."""
-    samples = sample_interleaved(programs, clock=clock, warmup=warmup, repeats=repeats, alternate=alternate)
+    samples = sample_interleaved(
+        programs, clock=clock, warmup=warmup, repeats=repeats, alternate=alternate, done=done, on_round=on_round
+    )
     return [summarize(s) for s in samples]
 
 
@@ -157,6 +161,8 @@ def sample_interleaved(
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
     alternate: bool = False,
+    done: Sequence[Sequence[float]] | None = None,
+    on_round: Callable[[list[list[float]]], Any] | None = None,
 ) -> list[list[float]]:
     """Time several ``(run, make_input, reset)`` programs round-robin, one repeat each per round.
 
@@ -169,19 +175,26 @@ def sample_interleaved(
     (the wrap-around of a plain round-robin over widths sorted by size), read 27 % (prefill) and
     8.5x (decode) over its time inside a real subnet. Sorted by size and run there and back, every program
     follows one of similar size, as each block of a real subnet follows one of its own width.
+
+    ``done`` holds the samples of rounds an interrupted run already finished (one list per
+    program, all of one length): only the remaining rounds are timed, after a fresh warm-up, and
+    the round count (so the direction of ``alternate``) carries on. ``on_round`` hears every
+    program's samples after each complete round, untimed, which is where a caller saves them.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
+    samples: list[list[float]] = [list(s) for s in done] if done is not None else [[] for _ in programs]
+    if len(samples) != len(programs) or len({len(s) for s in samples}) > 1:
+        raise ValueError("done needs one list of samples per program, all of the same length (complete rounds)")
     clock = clock or Clock()
     for run, make_input, reset in programs:
         for _ in range(warmup):
             run(make_input())
             if reset is not None:
                 reset()
-    samples: list[list[float]] = [[] for _ in programs]
     forward = list(enumerate(programs))
     with collector_paused():
-        for round_index in range(repeats):
+        for round_index in range(len(samples[0]) if samples else 0, repeats):
             for index, (run, make_input, reset) in forward[::-1] if alternate and round_index % 2 else forward:
                 data = make_input()
                 token = clock.start()
@@ -189,6 +202,8 @@ def sample_interleaved(
                 samples[index].append(clock.stop(token))
                 if reset is not None:
                     reset()
+            if on_round is not None:
+                on_round(samples)
     return samples
 
 

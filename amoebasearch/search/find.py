@@ -216,14 +216,12 @@ def open_quality_cache(request: FindRequest, source: str, eval_settings: dict[st
 def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
     if request.table:
         return load_table(request.table, signature, name)
+    from amoebasearch.devices import check_device
     from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
 
-    if request.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {request.device} needs CUDA, which this machine lacks: pass --profile TABLE")
-    slug = device_slug(device_fingerprint(request.device))
+    # the table is found by the device's fingerprint, so the device must be here
+    device = check_device(request.device, instead="pass --profile TABLE to search its table")
+    slug = device_slug(device_fingerprint(device))
     return choose_table(request.profiles, signature, slug, request.runtime, name, request.device)
 
 

@@ -42,6 +42,15 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+def check_replaceable(path: str | Path) -> Path:
+    """``path`` resolved, if `directory` may replace it: not the working directory, nor one holding it."""
+    path = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise UsageError(f"{path} is the current directory or holds it: write into a new subdirectory instead")
+    return path
+
+
 @contextlib.contextmanager
 def directory(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path`` in one rename.
@@ -50,10 +59,7 @@ def directory(path: str | Path) -> Iterator[Path]:
     rename leaves it as it was. ``path`` may not be the working directory or hold it (``--out .``):
     replacing it would delete what the user is standing in.
     """
-    path = Path(path).resolve()
-    cwd = Path.cwd().resolve()
-    if path == cwd or path in cwd.parents:
-        raise UsageError(f"{path} is the current directory or holds it: write into a new subdirectory instead")
+    path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:

@@ -26,16 +26,20 @@ def check_device_name(device: str) -> str:
     raise UsageError(f"unknown device {device!r}: use cpu or cuda:N")
 
 
-def check_device(device: str, instead: str = "use --device cpu") -> str:
+def check_device(device: str, instead: str | None = None) -> str:
     """``--device`` as torch spells it (``cpu`` or ``cuda:N``), or a one-line error saying what exists
-    here and, without CUDA, what to do ``instead``."""
+    here and what to do ``instead`` (default: use the CPU)."""
     import torch
 
     if check_device_name(device) == "cpu":
         return device
     index = cuda_index(device)
     if not torch.cuda.is_available():
-        raise UsageError(f"--device {device} but CUDA is not available here: {instead}")
+        raise UsageError(f"--device {device} but CUDA is not available here: {instead or 'use --device cpu'}")
     if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        present = torch.cuda.device_count()
+        raise UsageError(
+            f"--device {device}: only {present} CUDA device(s) present (cuda:0 to cuda:{present - 1})"
+            + (f"; or {instead}" if instead else "")
+        )
     return f"cuda:{index}"

@@ -85,16 +85,17 @@ def check_export_dir(out_dir: str | Path, flag: str = "--out") -> Path:
         raise UsageError(
             f"{flag} {out} is a non-empty directory that no earlier export wrote: choose a new or empty path"
         )
+    atomic.check_replaceable(out)
     return out
 
 
-def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> Path:
+def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None, flag: str = "--out") -> Path:
     """Write a loadable checkpoint directory atomically (temp dir + rename).
 
     An existing ``out_dir`` is replaced only when empty or an earlier export (it holds
     `SHAPE_FILE`): any other folder, a Hugging Face model included, may hold the user's own files.
     """
-    out = check_export_dir(out_dir)
+    out = check_export_dir(out_dir, flag)
     with atomic.directory(out) as tmp:
         subnet.save_pretrained(tmp)
         if tokenizer is not None:

@@ -191,3 +191,17 @@ def test_find_on_a_gpu_this_machine_lacks_asks_for_its_table(tiny_checkpoint, tm
     find = ["find", "--model", str(tiny_checkpoint), "--budget", "30ms", "--out", str(tmp_path / "f")]
     assert main([*find, "--device", "cuda:0"]) == 2
     assert error_line(capsys).endswith("CUDA is not available here: pass --profile TABLE to search its table")
+
+
+def test_find_refuses_an_export_it_would_refuse_only_after_the_search(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "results" / "f"
+    find = ["find", "--model", str(tiny_checkpoint), "--budget", "30ms", "--out", str(out)]
+    for export in (out, out / "model", out.parent):  # the same folder, inside it, holding it
+        assert main([*find, "--export", str(export)]) == 2
+        assert "overlap" in error_line(capsys)
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main([*find, "--export", "."]) == 2
+    assert "current directory" in error_line(capsys)
+    assert not out.exists()

@@ -105,7 +105,7 @@ def test_missing_table_or_sidecar_is_a_usage_error(tmp_path):
         load_table(tmp_path / "lonely.csv")
 
 
-def _profile(model, path, points, interrupt_after=None, interleave=1):
+def _profile(model, path, points, interrupt_after=None, interleave=1, repeats=20):
     from amoebasearch.profile import profiler
 
     runtime = get_runtime("eager", "cpu", model.dtype)
@@ -120,7 +120,7 @@ def _profile(model, path, points, interrupt_after=None, interleave=1):
 
     ctx = Context(runtime, "cpu", model.dtype)
     profiler.profile_model(
-        model, table, ctx, points, ffn_step=64, warmup=1, repeats=20, interleave=interleave, progress=progress
+        model, table, ctx, points, ffn_step=64, warmup=1, repeats=repeats, interleave=interleave, progress=progress
     )
     return table
 
@@ -152,35 +152,110 @@ def test_resume_after_a_kill_keeps_finished_rows(tmp_path, monkeypatch):
     assert len(reloaded.rows) == 7 and reloaded.meta["layer_index_check"]["layers"] == [0, 2, 3]
 
 
-def test_a_kill_inside_a_group_keeps_its_finished_rounds(tmp_path, monkeypatch):
-    from amoebasearch.profile import rounds
+class DyingClock:
+    """The CPU clock, until the call after ``after``: then a Ctrl-C, in the middle of a round."""
 
+    def __init__(self, after):
+        from amoebasearch.profile import timing
+
+        self.clock, self.after, self.calls = timing.Clock(), after, 0
+
+    def start(self):
+        return self.clock.start()
+
+    def stop(self, token):
+        self.calls += 1
+        if self.calls > self.after:
+            raise KeyboardInterrupt
+        return self.clock.stop(token)
+
+
+def killed_inside_the_widths_group(monkeypatch, rounds_before_kill):
+    """Make the first decoder-width group die ``rounds_before_kill`` rounds and two calls in; count
+    the rounds every width group completes (`RoundLog` hears them through ``on_round``)."""
+    from amoebasearch.profile import profiler
+
+    original = profiler.timing.measure_interleaved
+    state = {"kill": True, "rounds": 0}
+
+    def measured(programs, **kwargs):
+        if kwargs.get("on_round") is not None:  # only the width group keeps its rounds
+            record = kwargs["on_round"]
+
+            def counted(samples):
+                state["rounds"] += 1
+                record(samples)
+
+            kwargs["on_round"] = counted
+            if state["kill"]:
+                state["kill"] = False
+                kwargs["clock"] = DyingClock(after=len(programs) * rounds_before_kill + 2)
+        return original(programs, **kwargs)
+
+    monkeypatch.setattr(profiler.timing, "measure_interleaved", measured)
+    return state
+
+
+def test_a_kill_inside_a_round_keeps_the_groups_complete_rounds(tmp_path, monkeypatch):
     model = tiny_model("llama")
     points = [Point("decode", 1, 8)]
-    timed = {"rounds": 0, "killed": False}
-    original = rounds.RoundLog.record
-
-    def record_then_die(self, samples):
-        timed["rounds"] += 1
-        original(self, samples)
-        if timed["rounds"] == 7 and not timed["killed"]:
-            timed["killed"] = True
-            self.flush()  # as the every-10-s write would have
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rounds.RoundLog, "record", record_then_die)
+    state = killed_inside_the_widths_group(monkeypatch, rounds_before_kill=7)
     with pytest.raises(KeyboardInterrupt):
         _profile(model, tmp_path, points, interleave=None)  # all 4 widths in one group
-    log = next(tmp_path.glob("*.rounds.json"))
+    log = next(tmp_path.glob("*.rounds.json"))  # written on the interrupt, not by the 10-s timer
     kept = json.loads(log.read_text())["samples"]
-    assert len(kept) == 4 and {len(s) for s in kept} == {7}  # 4 widths x 1 instance, 7 complete rounds
+    assert len(kept) == 4 and {len(s) for s in kept} == {7}  # the 8th round, cut short, is left out
 
-    timed["rounds"] = 0
+    state["rounds"] = 0
     table = _profile(model, tmp_path, points, interleave=None)
-    assert timed["rounds"] == 20 - 7  # only the missing rounds were timed
+    assert state["rounds"] == 20 - 7  # only the missing rounds were timed
     decoder = table.rows[table.rows.block == "decoder"]
     assert len(decoder) == 4 and (decoder.repeats == 20).all()
     assert not log.exists()  # the group's rows are in the table; its log is gone
+
+
+def test_rounds_timed_with_other_settings_are_not_resumed(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    points = [Point("decode", 1, 8)]
+    state = killed_inside_the_widths_group(monkeypatch, rounds_before_kill=7)
+    with pytest.raises(KeyboardInterrupt):
+        _profile(model, tmp_path, points, interleave=None)
+    state["rounds"] = 0
+    _profile(model, tmp_path, points, interleave=None, repeats=21)
+    assert state["rounds"] == 21  # another --repeats: every round timed afresh
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[1, 2]",
+        b"\xff\xfe not text",
+        b'{"key": KEY}',
+        b'{"key": KEY, "samples": [[1.0], [2.0, 3.0]]}',
+        b'{"key": KEY, "samples": [[1.0], [-2.0]]}',
+        b'{"key": KEY, "samples": [["a"], [2.0]]}',
+        b'{"key": KEY, "samples": [[1.0], [2.0], [3.0]]}',
+        b'{"key": KEY, "samples": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]}',
+    ],
+)
+def test_a_broken_rounds_file_is_ignored_not_fatal(tmp_path, content):
+    from amoebasearch.profile.rounds import RoundLog
+
+    log = RoundLog(tmp_path / "t.rounds.json", {"point": 1}, programs=2, repeats=2)
+    log.path.write_bytes(content.replace(b"KEY", json.dumps(log.key).encode()))
+    assert log.load() is None
+    log.path.write_text(json.dumps({"key": log.key, "samples": [[1.0, 1.5], [2.0, 2.5]]}))
+    assert log.load() == [[1.0, 1.5], [2.0, 2.5]]
+
+
+def test_a_rounds_file_that_cannot_be_written_warns_and_timing_goes_on(tmp_path, capsys):
+    from amoebasearch.profile.rounds import RoundLog
+
+    (tmp_path / "file").write_text("")
+    log = RoundLog(tmp_path / "file" / "t.rounds.json", {}, programs=1, repeats=20, every_s=0)
+    log.record([[1.0]])
+    log.record([[1.0, 2.0]])
+    assert capsys.readouterr().err.count("cannot keep finished rounds") == 1
 
 
 def test_a_new_table_discards_an_old_runs_rounds(tmp_path):
@@ -191,10 +266,11 @@ def test_a_new_table_discards_an_old_runs_rounds(tmp_path):
     runtime = get_runtime("eager", "cpu", model.dtype)
     points = [Point("decode", 1, 8)]
     table = profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, {}, resume=False)
-    log = RoundLog(rounds_path(table.path), {"point": "old"}, every_s=0)
+    log = RoundLog(rounds_path(table.path), {"point": "old"}, programs=2, repeats=20, every_s=0)
     log.record([[1.0], [2.0]])
     assert log.path.exists() and log.load() == [[1.0], [2.0]]
-    assert RoundLog(log.path, {"point": "other"}).load() is None  # another group's rounds are not resumed
+    other = RoundLog(log.path, {"point": "other"}, programs=2, repeats=20)
+    assert other.load() is None  # another group's rounds are not resumed
     profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, {}, resume=False)
     assert not log.path.exists()
 

@@ -98,6 +98,8 @@ def test_done_rounds_are_kept_and_only_the_rest_are_timed():
     assert done == [[5.0] * 3, [6.0] * 3]  # the caller's lists are not grown in place
     with pytest.raises(ValueError, match="complete rounds"):
         timing.sample_interleaved(programs, warmup=0, repeats=20, done=[[1.0], []])
+    with pytest.raises(ValueError, match="more than the 20"):
+        timing.sample_interleaved(programs, warmup=0, repeats=20, done=[[1.0] * 21, [1.0] * 21])
 
 
 def test_too_few_repeats_is_refused():

@@ -96,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         from amoebasearch.export import check_export_dir
 
         check_export_dir(args.export, "--export")  # what the export will refuse, refused before the search
+        export, out = Path(args.export).resolve(), Path(args.out).resolve()
+        if export == out or export in out.parents or out in export.parents:
+            raise UsageError(
+                f"--export {args.export} and --out {args.out} overlap: the export replaces its folder whole, "
+                "so give each its own path"
+            )
     if args.supernet and args.plan:
         raise UsageError("--plan comes from the supernet directory: pass --supernet or --plan, not both")
     request = FindRequest(

@@ -10,6 +10,8 @@ in the table are skipped and the group being timed keeps its finished rounds bes
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -128,8 +130,19 @@ def decoder_rows(
     ]
     log = None
     if rounds_file is not None:
-        key = {"point": asdict(point), "widths": [list(w) for w in widths], "instances": count}
-        log = RoundLog(rounds_file, {**key, "repeats": settings["repeats"]})
+        how = {
+            "point": asdict(point),
+            "widths": widths,
+            "instances": count,
+            "alternate": there_and_back,
+            "threads": torch.get_num_threads(),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "runtime": ctx.runtime.settings(),
+            "device": ctx.device,
+            "dtype": str(ctx.dtype),
+        }
+        key = json.loads(json.dumps(how, default=str))  # as it will read back from the file
+        log = RoundLog(rounds_file, key, programs=len(programs), repeats=settings["repeats"])
     done = log.load() if log is not None else None
     try:
         stats = timing.measure_interleaved(
@@ -176,6 +189,7 @@ def profile_model(
     settings = {"clock": timing.clock_for(ctx.device), "warmup": warmup, "repeats": repeats, "instances": instances}
     done = table.done()
     widths = width_options(dims, ffn_step)
+    rounds_file = rounds_path(table.path) if table.path is not None else None
     if "layer_index_check" not in table.meta and points:
         table.meta["layer_index_check"] = check_layer_independence(model, ctx, points[0], settings)
     for point in points:
@@ -186,7 +200,6 @@ def profile_model(
             progress(1 + len(widths) - len([w for w in widths if ("decoder", *w, *key) not in done]))
         todo = [(h, f) for h, f in widths if ("decoder", h, f, *key) not in done]
         group = interleave or len(widths)
-        rounds_file = rounds_path(table.path) if table.path is not None else None
         for start in range(0, len(todo), group):
             chunk = todo[start : start + group]
             table.append(decoder_rows(model, ctx, point, chunk, settings, rounds_file=rounds_file))
@@ -194,6 +207,8 @@ def profile_model(
                 rounds_file.unlink(missing_ok=True)  # its rows are in the table now
             if progress:
                 progress(len(chunk))
+    if rounds_file is not None:  # a kill between a group's last append and its unlink left one
+        rounds_file.unlink(missing_ok=True)
     return table
 
 
@@ -234,6 +249,7 @@ def table_meta(
             "stack_order": "by FLOPs, there and back",  # absent: tables timed one way, heads then FFN
             "clock": "cuda-events" if device.startswith("cuda") else "perf_counter_ns",
             "threads": torch.get_num_threads(),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         },
     }
 

@@ -179,13 +179,17 @@ def sample_interleaved(
     ``done`` holds the samples of rounds an interrupted run already finished (one list per
     program, all of one length): only the remaining rounds are timed, after a fresh warm-up, and
     the round count (so the direction of ``alternate``) carries on. ``on_round`` hears every
-    program's samples after each complete round, untimed, which is where a caller saves them.
+    program's samples after each complete round, outside any program's timing, which is where a
+    caller saves them; the lists are the harness's own, still growing, so it must not keep them
+    past the call without copying.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
     samples: list[list[float]] = [list(s) for s in done] if done is not None else [[] for _ in programs]
     if len(samples) != len(programs) or len({len(s) for s in samples}) > 1:
         raise ValueError("done needs one list of samples per program, all of the same length (complete rounds)")
+    if samples and len(samples[0]) > repeats:
+        raise ValueError(f"done holds {len(samples[0])} rounds, more than the {repeats} repeats asked for")
     clock = clock or Clock()
     for run, make_input, reset in programs:
         for _ in range(warmup):

@@ -169,7 +169,7 @@ class QualitySource:
     def export(self, shape: Shape, out: str) -> Path:
         from amoebasearch.export import save_subnet
 
-        return save_subnet(self.subnet(shape), out, self._loaded.tokenizer)
+        return save_subnet(self.subnet(shape), out, self._loaded.tokenizer, flag="--export")
 
 
 def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
@@ -222,7 +222,7 @@ def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
     # the table is found by the device's fingerprint, so the device must be here
     device = check_device(request.device, instead="pass --profile TABLE to search its table")
     slug = device_slug(device_fingerprint(device))
-    return choose_table(request.profiles, signature, slug, request.runtime, name, request.device)
+    return choose_table(request.profiles, signature, slug, request.runtime, name, device)
 
 
 def study_name_for(request: FindRequest, table: LatencyTable, source: str, margin: Margin) -> str:

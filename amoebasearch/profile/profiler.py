@@ -249,7 +249,6 @@ def table_meta(
             "stack_order": "by FLOPs, there and back",  # absent: tables timed one way, heads then FFN
             "clock": "cuda-events" if device.startswith("cuda") else "perf_counter_ns",
             "threads": torch.get_num_threads(),
-            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         },
     }
 

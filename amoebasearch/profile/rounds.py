@@ -7,8 +7,8 @@ complete rounds are written atomically beside the table; ``--resume`` times only
 that are missing and the log is removed once the group's rows are in the table.
 
 After a resume a program's samples come from two allocations of its weights (the killed
-process's and the new one's), so the row blends them: the median over ``--instances`` copies
-is there to absorb exactly that kind of difference.
+process's and the new one's), so the row blends them: the kind of difference the median over
+``--instances`` copies is meant to absorb, and a kill's only cost beyond the lost rounds.
 """
 
 from __future__ import annotations

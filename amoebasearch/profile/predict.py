@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from amoebasearch.errors import UsageError
+from amoebasearch.ordering import Ordering
 from amoebasearch.profile.table import LatencyTable
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 
@@ -88,10 +89,12 @@ def predict_latency(shape: Shape, table: LatencyTable, phase: str = "decode", ba
     return point_model(table, phase, batch, context).predict(shape)
 
 
-def table_space(table: LatencyTable) -> ShapeSpace:
-    """The identity-ordered shape space a table prices (dims and FFN step from its sidecar)."""
+def table_space(table: LatencyTable, ordering: Ordering | None = None) -> ShapeSpace:
+    """The shape space a table prices (dims and FFN step from its sidecar), its layers picked by
+    ``ordering`` (a plan's; identity when None)."""
     dims = ModelDims(**table.meta["model"]["dims"])
-    return ShapeSpace(dims, ffn_step=saved_ffn_step(table.meta.get("settings", {}).get("ffn_step", 64), dims))
+    step = saved_ffn_step(table.meta.get("settings", {}).get("ffn_step", 64), dims)
+    return ShapeSpace(dims, ordering, ffn_step=step)
 
 
 def phase_predictors(table: LatencyTable, batch: int = 1, context: int = 128) -> dict[str, Callable[[Shape], float]]:

@@ -18,7 +18,7 @@ from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
 from amoebasearch.models import load, load_config, model_signature, resolve
 from amoebasearch.planfile import Plan
-from amoebasearch.profile.predict import point_model
+from amoebasearch.profile.predict import point_model, table_space
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
@@ -27,7 +27,7 @@ from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, Log
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import choose_table
-from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
+from amoebasearch.shape import Shape
 
 METRICS = tuple(HIGHER_IS_BETTER)
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
@@ -247,13 +247,12 @@ def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
 
 def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report."""
-    name, signature, config, plan = _model_identity(request)
+    name, signature, _config, plan = _model_identity(request)
     table = pick_table(request, name, signature)
     if table.warning():
         warn(table.warning())
     point = point_model(table, request.phase, request.batch, request.context)
-    dims = ModelDims.from_config(config)
-    space = ShapeSpace(dims, plan.ordering, ffn_step=saved_ffn_step(table.meta["settings"].get("ffn_step", 64), dims))
+    space = table_space(table, plan.ordering)  # the table was checked against this model's signature
     quality = QualitySource(request, plan)
     source = source_signature(request, signature, plan)  # hashes a supernet's adapter weights: once
     storage, cache = open_quality_cache(request, source, quality.eval_settings)

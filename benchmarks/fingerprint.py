@@ -19,8 +19,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine() -> dict[str, str]:
-    return {
+def machine(device: torch.device | None = None) -> dict[str, str]:
+    """This machine; with a CUDA ``device``, that GPU's name too (what ran the benchmark)."""
+    info = {
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
@@ -28,3 +29,8 @@ def machine() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(device)
+    return info

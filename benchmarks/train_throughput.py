@@ -159,7 +159,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"train_throughput{args.tag}"
     atomic.write_text(Path(f"{stem}.csv"), table.to_csv(index=False))
-    info = machine() | ({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})
+    info = machine(device)
     meta = {"settings": vars(args), "machine": info, "rows": rows}
     atomic.write_text(Path(f"{stem}.json"), json.dumps(meta, indent=1) + "\n")
     print(f"wrote {stem}.csv/.json")

@@ -1,0 +1,69 @@
+"""benchmarks/merge_profile_runs.py: a grid point is taken whole from one run, never mixed."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from amoebasearch.profile.table import LatencyTable, load_table, validation_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from merge_profile_runs import main  # noqa: E402
+
+
+def run(path: Path, points: list[tuple[str, int, int]], us: float, uuid: str = "GPU-1") -> Path:
+    """A one-block table whose every row costs ``us`` at ``points``, and its validation file."""
+    rows, checks = [], []
+    for phase, batch, context in points:
+        for block in ("embedding", "decoder", "head", "overhead"):
+            width = (3, 64) if block == "decoder" else (0, 0)
+            rows.append(
+                dict(block=block, heads=width[0], ffn=width[1], phase=phase, batch=batch, context=context)
+                | dict(median_us=us, p10_us=us, p90_us=us, repeats=21, noisy=False, source="measured")
+            )
+        for subnet, split in enumerate(("calibration", "heldout", "heldout")):
+            checks.append(
+                dict(subnet=subnet, split=split, depth=1, heads=3, ffn=64, phase=phase, batch=batch)
+                | dict(context=context, composed_us=4 * us, predicted_us=4 * us, measured_us=4 * us * 1.02)
+                | dict(error_pct=-100 * 0.02 / 1.02, instances=2, instance_spread=1.0, attempts=1)
+            )
+    meta = {
+        "format": 1,
+        "source": "measured",
+        "model": {"name": "m", "signature": "s", "dims": {}},
+        "device": {"kind": "cuda", "name": "test gpu", "uuid": uuid},
+        "runtime": {"name": "cudagraph"},
+        "dtype": "bfloat16",
+        "settings": {"grid": [], "profile_seconds": 10.0},
+        "calibration": {f"{p}/{b}/{c}": {"scale": us, "offset_us": 0.0} for p, b, c in points},
+        "validation": {"heldout": 2, "calibration": 1, "seed": 0, "summary": []},
+    }
+    LatencyTable(pd.DataFrame(rows), meta).save(path)
+    pd.DataFrame(checks).to_csv(validation_path(path), index=False)
+    return path
+
+
+def test_each_point_comes_whole_from_the_first_run_that_has_it(tmp_path):
+    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
+    secondary = run(tmp_path / "b" / "t.csv", [("decode", 1, 128), ("decode", 8, 2048)], us=20.0)
+    out = tmp_path / "merged" / "t.csv"
+    assert main([str(primary), str(secondary), str(out)]) == 0
+    merged = load_table(out)
+    by_point = merged.rows.groupby(["phase", "batch", "context"])["median_us"].unique()
+    assert list(by_point[("decode", 1, 128)]) == [10.0] and list(by_point[("decode", 8, 2048)]) == [20.0]
+    checks = pd.read_csv(validation_path(out)).groupby("batch")["composed_us"].unique()
+    assert list(checks[1]) == [40.0] and list(checks[8]) == [80.0]
+    assert merged.meta["calibration"] == {"decode/1/128": {"scale": 10.0, "offset_us": 0.0}} | {
+        "decode/8/2048": {"scale": 20.0, "offset_us": 0.0}
+    }
+    assert [entry["points"] for entry in merged.meta["merged_from"]] == [["decode/1/128"], ["decode/8/2048"]]
+    assert {(r["batch"], r["n"]) for r in merged.meta["validation"]["summary"]} == {(1, 2), (8, 2)}
+    assert merged.meta["settings"]["profile_seconds"] == 20.0
+
+
+def test_runs_of_two_devices_are_refused(tmp_path):
+    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
+    secondary = run(tmp_path / "b" / "t.csv", [("decode", 8, 128)], us=20.0, uuid="GPU-2")
+    with pytest.raises(SystemExit, match="different devices"):
+        main([str(primary), str(secondary), str(tmp_path / "m.csv")])

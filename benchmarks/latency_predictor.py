@@ -9,10 +9,11 @@ Per measured table point it also says how often a subnet predicted exactly at a 
 that budget when measured: with no margin, and with `find --margin auto` (the 95th percentile of
 held-out overruns), cross-validated in two halves so no subnet sets its own margin.
 
-Estimated tables are checked wherever a real measurement of the same device exists: the
-estimated table of this CPU (``--estimate cpu-1t``) and of the H100 (``--estimate h100``), each
-with efficiencies fitted on that device's measured eager block rows, predict its held-out eager
-subnets measured end to end (bar: MAPE <= 15 %).
+Estimated tables are checked wherever a real measurement of the same device and runtime exists:
+the estimated table of this CPU (``--estimate cpu-1t``) and of the H100 (``--estimate h100``),
+each with efficiencies fitted on that device's measured eager block rows, predict its held-out
+eager subnets measured end to end, and the H200's (``--estimate h200 --runtime cudagraph``),
+fitted on its CUDA-graph block rows, its held-out CUDA-graph subnets (bar: MAPE <= 15 %).
 
     python benchmarks/latency_predictor.py [--profiles profiles/] [--tag=-name]
 
@@ -34,7 +35,7 @@ from fingerprint import machine  # noqa: E402
 
 from amoebasearch.plots import save_png  # noqa: E402
 from amoebasearch.profile import load_table, predict_latency  # noqa: E402
-from amoebasearch.profile.fingerprint import device_slug  # noqa: E402
+from amoebasearch.profile.estimate import DeviceSpec, describes, modelled_runtime  # noqa: E402
 from amoebasearch.profile.table import validation_path  # noqa: E402
 from amoebasearch.profile.validate import summary  # noqa: E402
 from amoebasearch.search.margin import budget_hit_rates, point_rows  # noqa: E402
@@ -79,26 +80,18 @@ def measured_rows(folder: Path) -> list[dict]:
     return out
 
 
-def same_device(spec_slug: str, device: dict) -> bool:
-    """Whether a measured table's device is the one a spec sheet describes (CPU sheets are per core)."""
-    slug = device_slug(device)
-    if spec_slug.startswith("cpu-"):
-        return device.get("kind") == "cpu" and slug.startswith(spec_slug.removesuffix("-1t"))
-    return device.get("kind") == "cuda" and slug == spec_slug
-
-
 def estimate_rows(folder: Path) -> list[dict]:
     """Estimated tables scored against held-out measurements of the same device."""
     out = []
     all_tables = list(tables(folder))
     for estimate in (t for t in all_tables if t.estimated):
-        spec_slug = estimate.meta["device"]["spec"]["slug"]
+        spec = DeviceSpec(**estimate.meta["device"]["spec"])
         for table in all_tables:
             if table.estimated or not validation_path(table.path).is_file():
                 continue
-            if not same_device(spec_slug, table.meta["device"]):
+            if not describes(spec, table.meta["device"]):
                 continue  # a spec sheet is scored on its own device only (an EPYC estimate says nothing of a Xeon)
-            if table.meta["runtime"]["name"] != "eager":  # estimates are fitted on, and model, eager tables
+            if table.meta["runtime"]["name"] != modelled_runtime(estimate):  # an estimate models one runtime
                 continue
             frame = pd.read_csv(validation_path(table.path))
             held = frame[frame["split"] == "heldout"]
@@ -112,7 +105,7 @@ def estimate_rows(folder: Path) -> list[dict]:
                 out.append(
                     {
                         "device": f"{estimate.meta['device']['name']} (estimated)",
-                        "runtime": "roofline vs eager",
+                        "runtime": f"roofline vs {table.meta['runtime']['name']}",
                         "dtype": estimate.meta["dtype"],
                         "source": "estimated",
                         "phase": phase,

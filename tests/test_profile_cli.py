@@ -75,4 +75,7 @@ def test_random_weights_profile_from_config_alone(tmp_path, tiny_checkpoint):
 def test_estimate_refuses_options_it_would_ignore(capsys, tiny_checkpoint):
     argv = ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--validate", "5", "--runtime", "vllm"]
     err = one_line_error(capsys, argv)
-    assert "--runtime, --validate would be ignored" in err
+    assert "--validate would be ignored" in err
+    # --runtime is not ignored: it names the runtime the estimate models
+    err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--runtime", "ort"])
+    assert "unknown runtime 'ort'" in err

@@ -9,14 +9,20 @@ from amoebasearch.profile.blocks import Point
 from amoebasearch.profile.estimate import (
     DEFAULT_EFFICIENCY,
     SPECS,
+    Cost,
+    DeviceSpec,
     Efficiency,
     block_cost,
+    describes,
+    estimate_label,
     estimate_table,
     fit_efficiency,
     get_spec,
+    modelled_runtime,
+    overlaps_launches,
     roofline_us,
 )
-from amoebasearch.profile.table import FORMAT, LatencyTable
+from amoebasearch.profile.table import FORMAT, LatencyTable, load_table
 from amoebasearch.shape import ModelDims, ShapeSpace
 
 DIMS = ModelDims(num_layers=30, num_heads=9, num_kv_heads=3, ffn=1536, hidden=576, head_dim=64)
@@ -146,3 +152,68 @@ def test_estimate_verb_fits_on_a_measured_cpu_table(tmp_path, tiny_checkpoint):
     gpu = load_table(next(out.glob("*nvidia-rtx-a5000-roofline-bfloat16.csv")))
     assert cpu.meta["efficiency_source"] == "fitted" and gpu.meta["efficiency_source"] == "default"
     assert (gpu.rows["source"] == "estimated").all() and gpu.estimated
+
+
+def test_launches_overlap_work_only_where_the_host_launches_asynchronously():
+    """Per kernel group: the larger of work and launches on a GPU launched from the host, their sum
+    on a CPU or in a replayed graph (hand-computed on a made-up device: 1 TFLOP/s, 1 TB/s)."""
+    spec = DeviceSpec("test", "test", {"float32": 1e12}, 1e12)
+    cost = Cost(((4e6, 1e6, 1), (0.0, 3e6, 4)))  # group 1: 4 us of compute; group 2: 3 us of reads
+    added = roofline_us(cost, spec, "float32", Efficiency(1.0, 1.0, 1.0))
+    overlapped = roofline_us(cost, spec, "float32", Efficiency(1.0, 1.0, 1.0, overlap=True))
+    assert added == pytest.approx(4 + 3 + 5 * 1.0)
+    assert overlapped == pytest.approx(max(4, 1) + max(3, 4))
+    assert overlaps_launches("gpu", "eager") and overlaps_launches("gpu", "compile")
+    assert not overlaps_launches("gpu", "cudagraph") and not overlaps_launches("cpu", "eager")
+
+
+def test_graph_work_efficiencies_carry_into_an_eager_fit_that_cannot_see_them():
+    """Launch-bound eager rows (19 us per kernel hides the work) fit only the launch cost when the
+    work efficiencies come from graph rows of the same device, where the work shows."""
+    work_truth = Efficiency(0.3, 0.6, 2.5)
+    graph = roofline_gpu_table(work_truth, [Point("prefill", 8, 2048), Point("decode", 8, 2048)])
+    work = fit_efficiency([graph], [SPECS["h100"]], DEFAULT_EFFICIENCY["gpu"])
+    assert work.compute == pytest.approx(0.3, rel=0.1) and work.memory == pytest.approx(0.6, rel=0.1)
+    eager_truth = Efficiency(0.3, 0.6, 19.0, overlap=True)
+    eager = roofline_gpu_table(eager_truth, [Point("prefill", 1, 128), Point("decode", 1, 128)])
+    fitted = fit_efficiency([eager], [SPECS["h100"]], DEFAULT_EFFICIENCY["gpu"], overlap=True, work=work)
+    assert (fitted.compute, fitted.memory) == (work.compute, work.memory)
+    assert fitted.kernel_us == pytest.approx(19.0, rel=0.02) and fitted.overlap
+
+
+def test_an_estimate_of_another_runtime_needs_a_measured_table_of_it(tmp_path, tiny_checkpoint, capsys):
+    from amoebasearch.cli import main
+
+    out = tmp_path / "profiles"
+    base = ["profile", "--model", str(tiny_checkpoint), "--out", str(out), "--context", "8"]
+    assert main(base) == 0  # an eager CPU table: enough for an eager estimate, not for a graph one
+    capsys.readouterr()
+    assert main([*base, "--estimate", "h100", "--runtime", "cudagraph"]) == 2
+    assert "no measured cudagraph table of a gpu" in capsys.readouterr().err
+
+
+def test_find_prefers_the_estimate_of_its_own_runtime(tmp_path, tiny_checkpoint):
+    from table_helpers import fake_table
+
+    from amoebasearch.models import load_config, model_signature
+    from amoebasearch.search.tables import choose_table
+
+    config = load_config(str(tiny_checkpoint))
+    for runtime in ("eager", "cudagraph"):
+        name = f"tiny-nvidia-h100-{estimate_label(runtime)}-bfloat16.csv"
+        path = fake_table(config, "tiny", tmp_path / name, "estimated")
+        table = load_table(path)
+        table.meta["runtime"] = {"name": estimate_label(runtime), "models": runtime}
+        table.save(path)
+    signature = model_signature(config)
+    for runtime in ("eager", "cudagraph", "compile"):  # compile has no estimate of its own: eager's prices it
+        chosen = choose_table(tmp_path, signature, "nvidia-h100", runtime, "tiny", "cuda:0")
+        assert modelled_runtime(chosen) == ("cudagraph" if runtime == "cudagraph" else "eager")
+
+
+def test_a_cpu_spec_describes_its_own_chip_and_a_gpu_spec_its_own_card():
+    epyc = {"kind": "cpu", "name": "AMD EPYC 9R14 96-Core Processor", "threads_used": 1}
+    xeon = {"kind": "cpu", "name": "Intel(R) Xeon(R) Processor", "threads_used": 1}
+    assert describes(SPECS["cpu-1t"], epyc) and not describes(SPECS["cpu-1t"], xeon)
+    assert describes(SPECS["h200"], {"kind": "cuda", "name": "NVIDIA H200"})
+    assert not describes(SPECS["h100"], {"kind": "cuda", "name": "NVIDIA H200"})

@@ -42,7 +42,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--runtime",
         default="eager",
-        help="eager, compile, onnxruntime, or cudagraph on CUDA (default eager); vllm etc. are plug-ins",
+        help="eager, compile, onnxruntime, or cudagraph on CUDA (default eager); vllm etc. are plug-ins; "
+        "with --estimate, the runtime whose measured tables calibrate the estimate",
     )
     parser.add_argument("--phases", type=comma_list(str), default=["prefill", "decode"], help="default prefill,decode")
     parser.add_argument("--batch", type=comma_list(int), default=[1], help="batch sizes, e.g. 1,8 (default 1)")
@@ -91,8 +92,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 # options that only mean something when timing on this machine; --estimate refuses them rather than ignore them
 MEASURING_ONLY = (
-    "device", "runtime", "validate", "calibrate", "resume", "threads", "instances", "pause", "repeats", "random_weights"
-)  # fmt: skip
+    "device",
+    "validate",
+    "calibrate",
+    "resume",
+    "threads",
+    "instances",
+    "pause",
+    "repeats",
+    "random_weights",
+)  # fmt: skip (--runtime stays: with --estimate it picks the runtime whose launch costs the estimate models)
 
 
 def redrawn(bar):
@@ -226,9 +235,21 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
 
 def run_estimate(args: argparse.Namespace) -> int:
     from amoebasearch.profile import estimate
+    from amoebasearch.profile.runtimes import RUNTIMES
+
+    if args.runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {args.runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
     path, error = estimate.estimate_to_file(
-        args.estimate, args.model, Path(args.out), args.phases, args.batch, args.context, args.dtype, args.ffn_step
+        args.estimate,
+        args.model,
+        Path(args.out),
+        args.phases,
+        args.batch,
+        args.context,
+        args.dtype,
+        args.ffn_step,
+        args.runtime,
     )
     print(f"estimated table for {args.estimate} -> {path}")
     if error:

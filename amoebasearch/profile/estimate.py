@@ -1,27 +1,31 @@
 """Estimated latency tables for devices we cannot touch: spec sheet + roofline + fitted efficiency.
 
-Per building block we count FLOPs, bytes moved and kernels launched (`block_cost`). A device's
-estimated latency for that block is
+Per building block we count FLOPs and bytes moved per kernel group (each matmul, attention, the
+element-wise tail) and the kernels launched (`block_cost`). A device's estimated latency for
+that block is
 
-    max(FLOPs / (peak_flops * eff_compute), bytes / (bandwidth * eff_memory)) + kernels * t_kernel
+    sum over groups of max(FLOPs / (peak_flops * eff_compute), bytes / (bandwidth * eff_memory))
+    + kernels * t_kernel
 
 where peak FLOP/s and bandwidth come from the vendor's spec sheet (sources beside each entry)
-and the efficiencies and the per-kernel cost are fitted on measured tables (``fit_efficiency``).
-Prefill is mostly compute-bound, decode memory/launch-bound; the roofline's ``max`` picks per
-block. Rows carry ``source=estimated``; replace them by running ``profile`` on the real card.
+and the efficiencies and the per-kernel cost are fitted on measured tables of one runtime
+(``fit_efficiency``): eager's t_kernel is the host's dispatch, a CUDA graph's the GPU's gap
+between kernels. Prefill is mostly compute-bound, decode memory/launch-bound; the ``max`` picks
+per group. Rows carry ``source=estimated``; replace them by running ``profile`` on the real card.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.blocks import Point, width_options
+from amoebasearch.profile.fingerprint import device_slug
 from amoebasearch.profile.table import (
     COLUMNS,
     FORMAT,
@@ -135,46 +139,87 @@ def get_spec(name: str) -> DeviceSpec:
 
 @dataclass(frozen=True)
 class Cost:
-    flops: float
-    bytes: float
-    kernels: int
+    """FLOPs, bytes moved and kernels launched per kernel group of a block.
+
+    Each group (one matmul, attention, the element-wise tail) meets its own roof: a decode step's
+    small projections are bound by their weight reads while its attention at a long context reads
+    the KV cache, and a prefill's projections are compute-bound while its norms are not. One
+    ``max`` over the block's summed FLOPs and bytes priced every group at the block's bound (on the
+    H200's graphs, stop 22: block MAPE 7-10 %, held-out subnets up to 15.5 %; per group 4-7 % and
+    4-12 %).
+    """
+
+    ops: tuple[tuple[float, float, int], ...]  # (flops, bytes, kernels) per kernel group
+
+    @property
+    def flops(self) -> float:
+        return sum(op[0] for op in self.ops)
+
+    @property
+    def bytes(self) -> float:
+        return sum(op[1] for op in self.ops)
+
+    @property
+    def kernels(self) -> int:
+        return sum(op[2] for op in self.ops)
 
 
 def block_cost(dims: ModelDims, heads: int, ffn: int, point: Point, dtype_bytes: int) -> Cost:
-    """FLOPs, bytes moved and kernel launches of one decoder block at width (heads, ffn).
+    """FLOPs, bytes moved and kernel launches of one decoder block at width (heads, ffn), per kernel group.
 
-    Matmuls: 2 FLOPs per multiply-add over new tokens; attention scores and values over the
-    keys seen (a causal prefill sees half of its own tokens on average). Bytes: all weights
-    once, the KV cache read once, activations in and out of each matmul.
+    Matmuls (q, k, v, o, gate, up, down; one kernel each): 2 FLOPs per multiply-add over the new
+    tokens; bytes are the weights once plus the activations in and out. Attention (rotary, cache
+    append, SDPA and the reshapes around it: 12 kernels): scores and values over the keys seen (a
+    causal prefill sees half of its own tokens on average), reading the KV cache once. The
+    element-wise tail (two RMS norms, SiLU x up, two residual adds: 16 kernels) only moves
+    activations. 35 kernels in all, as counted in a PyTorch eager Llama block.
     """
     h, kv, d, hidden = heads, dims.num_kv_heads, dims.head_dim, dims.hidden
     tokens = point.batch * point.new_tokens
     keys = point.past + (point.new_tokens + 1) / 2
-    weights = hidden * (h * d) * 2 + hidden * (kv * d) * 2 + hidden * ffn * 3
-    flops = 2 * tokens * weights + 4 * tokens * h * d * keys
+
+    def matmul(inputs: int, outputs: int) -> tuple[float, float, int]:
+        return 2.0 * tokens * inputs * outputs, dtype_bytes * (inputs * outputs + tokens * (inputs + outputs)), 1
+
+    projections = [(hidden, h * d), (hidden, kv * d), (hidden, kv * d), (h * d, hidden)]
+    mlp = [(hidden, ffn), (hidden, ffn), (ffn, hidden)]
     cache = 2 * point.batch * kv * d * (point.past + point.new_tokens)
-    activations = tokens * (6 * hidden + 2 * h * d + 2 * kv * d + 4 * ffn)
-    return Cost(flops, dtype_bytes * (weights + cache + activations), kernels=35)
+    attention = (4.0 * tokens * h * d * keys, dtype_bytes * (cache + 2 * tokens * h * d), 12)
+    elementwise = (0.0, dtype_bytes * tokens * (8 * hidden + 3 * ffn + 2 * h * d), 16)
+    return Cost((*(matmul(i, o) for i, o in projections + mlp), attention, elementwise))
 
 
 def embedding_cost(dims: ModelDims, point: Point, dtype_bytes: int) -> Cost:
     tokens = point.batch * point.new_tokens
-    return Cost(0.0, dtype_bytes * 2 * tokens * dims.hidden, kernels=1)
+    return Cost(((0.0, dtype_bytes * 2 * tokens * dims.hidden, 1),))
 
 
 def head_cost(dims: ModelDims, vocab: int, point: Point, dtype_bytes: int) -> Cost:
     tokens = point.batch * point.new_tokens
     flops = 2 * point.batch * dims.hidden * vocab
-    return Cost(flops, dtype_bytes * (dims.hidden * vocab + 2 * tokens * dims.hidden + point.batch * vocab), kernels=7)
+    moved = dtype_bytes * (dims.hidden * vocab + 2 * tokens * dims.hidden + point.batch * vocab)
+    return Cost(((flops, moved, 7),))
 
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Fraction of peak compute and bandwidth reached, and the cost of one kernel launch (host side)."""
+    """Fraction of peak compute and bandwidth reached, and the cost of one kernel launch.
+
+    ``overlap`` says whether launches overlap the device's work: a GPU runtime that launches from
+    the host asynchronously (eager, compile) pays per kernel group the larger of its launches and
+    its work; a CPU does both itself, and a replayed CUDA graph's ``kernel_us`` is the GPU's own
+    gap between kernels, so there the two add up.
+    """
 
     compute: float
     memory: float
     kernel_us: float
+    overlap: bool = False
+
+
+def overlaps_launches(kind: str, runtime: str) -> bool:
+    """Whether ``runtime`` on a device of ``kind`` launches kernels asynchronously from the host."""
+    return kind == "gpu" and runtime != "cudagraph"
 
 
 # Used for a device kind with no measured table yet, and as the prior of a fit on measured ones.
@@ -182,13 +227,17 @@ class Efficiency:
 # ~80 % of peak bandwidth, GEMMs of this size ~50 % of dense tensor peak, and each op costs ~8 us of
 # host dispatch + launch. They are assumptions, recorded in the sidecar; a measured table of the
 # kind replaces them by a fit (on the lent H100: ~18.6 us per kernel, efficiencies left at these).
-DEFAULT_EFFICIENCY = {"gpu": Efficiency(compute=0.5, memory=0.8, kernel_us=8.0)}
+DEFAULT_EFFICIENCY = {"gpu": Efficiency(compute=0.5, memory=0.8, kernel_us=8.0, overlap=True)}
 
 
 def roofline_us(cost: Cost, spec: DeviceSpec, dtype: str, eff: Efficiency) -> float:
-    compute = cost.flops / (spec.flops[dtype] * eff.compute)
-    memory = cost.bytes / (spec.bandwidth * eff.memory)
-    return max(compute, memory) * 1e6 + cost.kernels * eff.kernel_us
+    """Each kernel group at its own roof (compute or memory), and its launches (see `Efficiency`)."""
+    compute, memory = spec.flops[dtype] * eff.compute, spec.bandwidth * eff.memory
+    work = [max(flops / compute, moved / memory) * 1e6 for flops, moved, _ in cost.ops]
+    launches = [kernels * eff.kernel_us for _, _, kernels in cost.ops]
+    if eff.overlap:
+        return sum(max(w, k) for w, k in zip(work, launches, strict=True))
+    return sum(work) + sum(launches)
 
 
 def _decoder_frame(table: LatencyTable) -> pd.DataFrame:
@@ -206,44 +255,64 @@ def _decoder_frame(table: LatencyTable) -> pd.DataFrame:
 PRIOR_WEIGHT = 0.001
 
 
-def fit_efficiency(tables: list[LatencyTable], specs: list[DeviceSpec], prior: Efficiency | None = None) -> Efficiency:
+def fit_efficiency(
+    tables: list[LatencyTable],
+    specs: list[DeviceSpec],
+    prior: Efficiency | None = None,
+    overlap: bool = False,
+    work: Efficiency | None = None,
+) -> Efficiency:
     """Efficiencies and kernel cost minimising squared log error over the tables' decoder rows.
 
     With a ``prior`` (the default efficiencies of the device kind), compute and memory efficiency
     are also pulled towards it (`PRIOR_WEIGHT`), so rows that cannot tell them apart leave them at
-    the prior instead of anywhere. A coarse-to-fine grid search over three parameters: cheap,
-    robust, and no solver dependency.
+    the prior instead of anywhere. With ``work`` (efficiencies fitted where the device's own work
+    shows, e.g. a CUDA-graph table of the same kind), those two are taken as they are and only the
+    launch cost is fitted. A coarse-to-fine grid search: cheap, robust, no solver dependency.
     """
-    samples = []
+    work_at_peak, launches, measured = [], [], []  # per decoder row and kernel group
     for table, spec in zip(tables, specs, strict=True):
         dims = ModelDims(**table.meta["model"]["dims"])
-        size = BYTES[table.meta["dtype"]]
+        dtype = table.meta["dtype"]
         for r in _decoder_frame(table).itertuples():
             point = Point(r.phase, int(r.batch), int(r.context))
-            samples.append(
-                (block_cost(dims, int(r.heads), int(r.ffn), point, size), spec, table.meta["dtype"], r.median_us)
-            )
-    if not samples:
+            cost = block_cost(dims, int(r.heads), int(r.ffn), point, BYTES[dtype])
+            work_at_peak.append([(f / spec.flops[dtype], b / spec.bandwidth) for f, b, _ in cost.ops])
+            launches.append([k for _, _, k in cost.ops])
+            measured.append(r.median_us)
+    if not measured:
         raise UsageError("no measured decoder rows to fit efficiencies on: profile a device first")
+    at_peak = np.asarray(work_at_peak) * 1e6  # (rows, groups, 2): us at 100 % of peak
+    kernels, log_measured = np.asarray(launches, float), np.log(np.asarray(measured, float))
 
-    def loss(eff: Efficiency) -> float:
-        fit = sum(math.log(roofline_us(c, s, d, eff) / m) ** 2 for c, s, d, m in samples)
-        if prior is None:
+    def losses(compute: np.ndarray, memory: np.ndarray, kernel_us: np.ndarray) -> np.ndarray:
+        """Loss of every candidate (1-D arrays of equal length), all rows at once."""
+        flops_us, bytes_us = at_peak[None, :, :, 0], at_peak[None, :, :, 1]
+        busy = np.maximum(flops_us / compute[:, None, None], bytes_us / memory[:, None, None])
+        launch = kernels[None, :, :] * kernel_us[:, None, None]
+        predicted = (np.maximum(busy, launch) if overlap else busy + launch).sum(axis=2)
+        fit = ((np.log(predicted) - log_measured[None, :]) ** 2).sum(axis=1)
+        if prior is None or work is not None:
             return fit
-        anchor = math.log(eff.compute / prior.compute) ** 2 + math.log(eff.memory / prior.memory) ** 2
-        return fit + PRIOR_WEIGHT * len(samples) * anchor
+        anchor = np.log(compute / prior.compute) ** 2 + np.log(memory / prior.memory) ** 2
+        return fit + PRIOR_WEIGHT * len(measured) * anchor
 
     best = Efficiency(0.5, 0.5, 1.0)
     ranges = {"compute": (1e-3, 4.0), "memory": (1e-3, 8.0), "kernel_us": (0.01, 200.0)}
-    for _ in range(6):
-        grids = {k: [lo * (hi / lo) ** (i / 12) for i in range(13)] for k, (lo, hi) in ranges.items()}
-        candidates = [
-            Efficiency(c, m, k) for c in grids["compute"] for m in grids["memory"] for k in grids["kernel_us"]
-        ]
-        best = min(candidates, key=loss)
-        # next round: one grid step either side of the best value
+    if work is not None:
+        ranges |= {"compute": (work.compute, work.compute), "memory": (work.memory, work.memory)}
+    for _ in range(12):
+        grids = [np.geomspace(*ranges[k], 13) for k in ("compute", "memory", "kernel_us")]
+        compute, memory, kernel_us = (g.ravel() for g in np.meshgrid(*grids, indexing="ij"))
+        # one compute value at a time keeps the (candidates, rows, groups) array small
+        chunks = [(compute[i : i + 169], memory[i : i + 169], kernel_us[i : i + 169]) for i in range(0, 2197, 169)]
+        scores = np.concatenate([losses(*chunk) for chunk in chunks])
+        i = int(np.argmin(scores))
+        best = Efficiency(float(compute[i]), float(memory[i]), float(kernel_us[i]), overlap)
+        # next round: two grid steps either side of the best value (one step trapped the search in
+        # the valley where launch cost trades against memory efficiency, short of the optimum)
         ranges = {
-            k: (getattr(best, k) / (hi / lo) ** (1 / 12), getattr(best, k) * (hi / lo) ** (1 / 12))
+            k: (getattr(best, k) / (hi / lo) ** (2 / 12), getattr(best, k) * (hi / lo) ** (2 / 12))
             for k, (lo, hi) in ranges.items()
         }
     return best
@@ -271,6 +340,7 @@ def estimate_table(
     overhead_us: dict[tuple[str, int, int], float],
     ffn_step: int = 64,
     calibrated_on: list[str] | None = None,
+    runtime: str = "eager",
 ) -> LatencyTable:
     """An estimated table over the full width grid; overhead (host-side glue) comes from a measured table."""
     size = BYTES[dtype]
@@ -290,7 +360,7 @@ def estimate_table(
         "source": "estimated",
         "model": model_meta,
         "device": {"kind": "spec-sheet", "name": spec.name, "spec": asdict(spec)},
-        "runtime": {"name": "roofline"},
+        "runtime": {"name": estimate_label(runtime), "models": runtime},
         "dtype": dtype,
         "settings": {"grid": [asdict(p) for p in points], "ffn_step": ffn_step},
         "efficiency": asdict(eff),
@@ -299,10 +369,30 @@ def estimate_table(
     return LatencyTable(pd.DataFrame(rows, columns=list(COLUMNS)), meta)
 
 
-def measured_tables(folder: Path, signature: str) -> list[LatencyTable]:
-    """Measured eager tables for this model in ``folder`` (the calibration set of the estimator)."""
+def measured_tables(folder: Path, signature: str, runtime: str = "eager") -> list[LatencyTable]:
+    """Measured ``runtime`` tables for this model in ``folder`` (the calibration set of the estimator)."""
     tables = [load_table(path, signature) for path in candidate_tables(folder, signature)]
-    return [t for t in tables if t.meta.get("source") == "measured" and t.meta["runtime"].get("name") == "eager"]
+    return [t for t in tables if t.meta.get("source") == "measured" and t.meta["runtime"].get("name") == runtime]
+
+
+def modelled_runtime(table: LatencyTable) -> str:
+    """The runtime an estimated table prices (tables written before stop 22 priced eager only)."""
+    return table.meta["runtime"].get("models", "eager")
+
+
+def estimate_label(runtime: str) -> str:
+    """The runtime part of an estimated table's name: ``roofline`` for eager (the names shipped
+    since stop 10), ``roofline-<runtime>`` for another runtime's launch costs."""
+    return "roofline" if runtime == "eager" else f"roofline-{runtime}"
+
+
+def describes(spec: DeviceSpec, device: dict[str, Any]) -> bool:
+    """Whether a measured table's device is the one ``spec`` describes (CPU sheets are per core:
+    ``cpu-amd-epyc-1t`` describes any AMD EPYC table)."""
+    slug = device_slug(device)
+    if spec.kind == "cpu":
+        return device.get("kind") == "cpu" and slug.startswith(spec.slug.removesuffix("-1t"))
+    return device.get("kind") == "cuda" and slug == spec.slug
 
 
 def table_kind(table: LatencyTable) -> str:
@@ -320,8 +410,28 @@ def spec_for_table(table: LatencyTable) -> DeviceSpec:
     raise UsageError(f"no spec sheet matches measured device {device.get('name')!r}: add one to estimate.SPECS")
 
 
-def estimate_to_file(device, model, out_dir: Path, phases, batches, contexts, dtype, ffn_step) -> tuple[Path, str]:
-    """`amoebasearch profile --estimate DEVICE`: fit on measured eager tables, write the estimate."""
+def graph_work(graphs: list[LatencyTable], prior: Efficiency | None) -> Efficiency:
+    """Compute and memory efficiency of GPU work, fitted on CUDA-graph tables.
+
+    A replayed graph's rows show the GPU's own work (plus ~3 us between kernels); an eager table
+    at batch 1 shows the host launching kernels, whose ~19 us each hide the work and let a fit
+    put the efficiencies anywhere (stop 22: 12 % of peak bandwidth, pricing an eager batch-8,
+    2048-token prefill of SmolLM2 on an H100 at 77 ms where the H200's graphs measured 25 ms).
+    So eager estimates take these two from the graphs and fit only the launch cost.
+    """
+    return fit_efficiency(graphs, [spec_for_table(t) for t in graphs], prior)
+
+
+def estimate_to_file(
+    device, model, out_dir: Path, phases, batches, contexts, dtype, ffn_step, runtime: str = "eager"
+) -> tuple[Path, str]:
+    """`amoebasearch profile --estimate DEVICE [--runtime R]`: fit on measured R tables, write the estimate.
+
+    The efficiencies and per-kernel cost are a runtime's as much as a device's: eager pays the
+    host's dispatch per kernel (~19 us on the lent H100), a replayed CUDA graph only the GPU's own
+    gap between kernels (~3 us on the H200). Eager falls back on assumed GPU efficiencies when no
+    table of the kind is measured; another runtime needs one measured table of its own.
+    """
     from amoebasearch.models import load_config, model_signature, resolve
 
     spec = get_spec(device)
@@ -330,17 +440,30 @@ def estimate_to_file(device, model, out_dir: Path, phases, batches, contexts, dt
     signature = model_signature(config)
     dims = ModelDims.from_config(config)
     dtype = dtype or spec.default_dtype
-    calibration = [t for t in measured_tables(out_dir, signature) if table_kind(t) == spec.kind]
+    calibration = [t for t in measured_tables(out_dir, signature, runtime) if table_kind(t) == spec.kind]
+    if spec.kind == "cpu":  # a CPU sheet is one chip's core: its own tables first, else any CPU's
+        calibration = [t for t in calibration if describes(spec, t.meta["device"])] or calibration
+    if not calibration and runtime != "eager":
+        raise UsageError(
+            f"no measured {runtime} table of a {spec.kind} for {name} in {out_dir}: run "
+            f"`amoebasearch profile --runtime {runtime}` on one first, or drop --runtime to estimate eager"
+        )
+    overlap = overlaps_launches(spec.kind, runtime)
+    graphs = measured_tables(out_dir, signature, "cudagraph") if overlap else []
+    work = graph_work(graphs, DEFAULT_EFFICIENCY.get(spec.kind)) if graphs else None
     if calibration:
-        eff = fit_efficiency(calibration, [spec_for_table(t) for t in calibration], DEFAULT_EFFICIENCY.get(spec.kind))
+        specs = [spec_for_table(t) for t in calibration]
+        eff = fit_efficiency(calibration, specs, DEFAULT_EFFICIENCY.get(spec.kind), overlap, work)
         note = estimate_error_note(calibration, eff)
     elif spec.kind in DEFAULT_EFFICIENCY:
         eff = DEFAULT_EFFICIENCY[spec.kind]
-        note = f"no measured {spec.kind} table for {name} in {out_dir}: default {spec.kind} efficiencies used"
+        if work is not None:
+            eff = Efficiency(work.compute, work.memory, eff.kernel_us, overlap)
+        note = f"no measured {spec.kind} table for {name} in {out_dir}: default {spec.kind} launch cost used"
     else:
         raise UsageError(f"no measured {spec.kind} table for {name} in {out_dir}: run `amoebasearch profile` first")
     # the per-call overhead is host-side Python glue: take it from any measured table of this model
-    hosts = calibration or measured_tables(out_dir, signature)
+    hosts = calibration or measured_tables(out_dir, signature, runtime)
     if not hosts:
         raise UsageError(f"no measured table for {name} in {out_dir}: run `amoebasearch profile` once on this host")
     overhead = {}
@@ -359,10 +482,13 @@ def estimate_to_file(device, model, out_dir: Path, phases, batches, contexts, dt
         overhead,
         ffn_step,
         calibrated_on=[str(t.path) for t in calibration],
+        runtime=runtime,
     )
     table.meta["efficiency_source"] = "fitted" if calibration else "default"
+    if work is not None:
+        table.meta["work_efficiency_from"] = [str(t.path) for t in graphs]
     table.meta["overhead_from"] = str(hosts[0].path)
-    path = Path(out_dir) / f"{table_name(name, spec.slug, 'roofline', dtype)}.csv"
+    path = Path(out_dir) / f"{table_name(name, spec.slug, estimate_label(runtime), dtype)}.csv"
     table.save(path)
     return path, note
 

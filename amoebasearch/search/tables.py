@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amoebasearch.errors import UsageError
+from amoebasearch.profile.estimate import modelled_runtime
 from amoebasearch.profile.table import LatencyTable, candidate_tables, load_table
 
 
@@ -24,8 +25,8 @@ def choose_table(
             estimated.append(table)
     if measured:
         return measured[0]
-    if estimated:
-        return estimated[0]
+    if estimated:  # the estimate of this runtime's launch costs if there is one (an eager one prices all)
+        return min(estimated, key=lambda table: modelled_runtime(table) != runtime)
     raise UsageError(
         f"no latency table for {model_name} on {device} ({runtime}) in {folder}/: run "
         f"`amoebasearch profile --device {device} --runtime {runtime}` or pass --profile TABLE.csv"

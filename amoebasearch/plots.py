@@ -48,7 +48,8 @@ def plot_fronts(
     times the best value: the shallowest subnets of an untuned supernet reach perplexities in
     the millions, which would flatten everything a user would deploy.
     """
-    fig, ax = plt.subplots(figsize=(10, 5))
+    # the legend sits right of the axes, one line per curve: grow the figure with it
+    fig, ax = plt.subplots(figsize=(11, max(5.0, 1.5 + 0.22 * len(curves))))
     latencies = [x for curve in curves for x in curve.latency_ms if x > 0]
     qualities = [q for curve in curves for q in curve.quality]
     colours = curve_colours(len(curves))
@@ -80,7 +81,7 @@ def plot_fronts(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
-        ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)  # as wide as the axes, not the figure
     fig.tight_layout()
     return fig
 

@@ -91,17 +91,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 # options that only mean something when timing on this machine; --estimate refuses them rather than ignore them
+# (not --runtime: with --estimate it names the runtime whose launch costs the estimate models)
 MEASURING_ONLY = (
-    "device",
-    "validate",
-    "calibrate",
-    "resume",
-    "threads",
-    "instances",
-    "pause",
-    "repeats",
-    "random_weights",
-)  # fmt: skip (--runtime stays: with --estimate it picks the runtime whose launch costs the estimate models)
+    "device", "validate", "calibrate", "resume", "threads", "instances", "pause", "repeats", "random_weights"
+)  # fmt: skip
 
 
 def redrawn(bar):

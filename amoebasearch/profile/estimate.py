@@ -145,8 +145,8 @@ class Cost:
     small projections are bound by their weight reads while its attention at a long context reads
     the KV cache, and a prefill's projections are compute-bound while its norms are not. One
     ``max`` over the block's summed FLOPs and bytes priced every group at the block's bound (on the
-    H200's graphs, stop 22: block MAPE 7-10 %, held-out subnets up to 15.5 %; per group 4-7 % and
-    4-12 %).
+    H200's graphs, stop 22: block MAPE 7-10 %, held-out subnets up to 15.5 %; per group 3-5 % and
+    5.5-11.3 %).
     """
 
     ops: tuple[tuple[float, float, int], ...]  # (flops, bytes, kernels) per kernel group

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from amoebasearch.profile import load_table
+from amoebasearch.profile.predict import calibration_key
 from amoebasearch.profile.table import LatencyTable, validation_path
 from amoebasearch.profile.validate import summary
 
@@ -45,9 +46,9 @@ def merge(primary: LatencyTable, secondary: LatencyTable) -> tuple[LatencyTable,
     checks = [pd.read_csv(validation_path(t.path)) for t in (primary, secondary)]
     validation = pd.concat([take(checks[0], first), take(checks[1], second)], ignore_index=True)
     meta = dict(primary.meta)
-    key = "{}/{}/{}".format
+    filled = {calibration_key(*p) for p in second}
     meta["calibration"] = {
-        **{k: v for k, v in secondary.meta.get("calibration", {}).items() if tuple(_split(k)) in second},
+        **{k: v for k, v in secondary.meta.get("calibration", {}).items() if k in filled},
         **primary.meta.get("calibration", {}),
     }
     meta["settings"] = {
@@ -56,19 +57,17 @@ def merge(primary: LatencyTable, secondary: LatencyTable) -> tuple[LatencyTable,
         "profile_seconds": primary.meta["settings"]["profile_seconds"] + secondary.meta["settings"]["profile_seconds"],
     }
     meta["merged_from"] = [
-        {"table": str(t.path), "points": sorted(key(*p) for p in chosen), "versions": t.meta.get("versions")}
+        {
+            "table": str(t.path),
+            "points": sorted(calibration_key(*p) for p in chosen),
+            "versions": t.meta.get("versions"),
+        }
         for t, chosen in ((primary, first), (secondary, second))
     ]
     meta["validation"] = {**primary.meta["validation"], "summary": summary(validation).to_dict("records")}
-    for note in ("validation_partial",):
-        if note in secondary.meta:
-            meta[f"secondary_{note}"] = secondary.meta[note]
+    if "validation_partial" in secondary.meta:
+        meta["secondary_validation_partial"] = secondary.meta["validation_partial"]
     return LatencyTable(rows, meta), validation
-
-
-def _split(point_key: str) -> tuple:
-    phase, batch, context = point_key.split("/")
-    return phase, int(batch), int(context)
 
 
 def main(argv: list[str] | None = None) -> int:

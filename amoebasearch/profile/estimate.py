@@ -299,16 +299,20 @@ def fit_efficiency(
 
     best = Efficiency(0.5, 0.5, 1.0)
     ranges = {"compute": (1e-3, 4.0), "memory": (1e-3, 8.0), "kernel_us": (0.01, 200.0)}
-    if work is not None:
+    points = {"compute": 13, "memory": 13, "kernel_us": 13}
+    if work is not None:  # one value each: only the launch cost is searched
         ranges |= {"compute": (work.compute, work.compute), "memory": (work.memory, work.memory)}
+        points |= {"compute": 1, "memory": 1}
     for _ in range(12):
-        grids = [np.geomspace(*ranges[k], 13) for k in ("compute", "memory", "kernel_us")]
-        compute, memory, kernel_us = (g.ravel() for g in np.meshgrid(*grids, indexing="ij"))
-        # one compute value at a time keeps the (candidates, rows, groups) array small
-        chunks = [(compute[i : i + 169], memory[i : i + 169], kernel_us[i : i + 169]) for i in range(0, 2197, 169)]
-        scores = np.concatenate([losses(*chunk) for chunk in chunks])
-        i = int(np.argmin(scores))
-        best = Efficiency(float(compute[i]), float(memory[i]), float(kernel_us[i]), overlap)
+        grids = {k: np.geomspace(*ranges[k], points[k]) for k in ranges}
+        memory, kernel_us = (g.ravel() for g in np.meshgrid(grids["memory"], grids["kernel_us"], indexing="ij"))
+        best_loss = np.inf
+        for compute in grids["compute"]:  # one compute value at a time keeps the (candidates, rows, groups) array small
+            scores = losses(np.full_like(memory, compute), memory, kernel_us)
+            i = int(np.argmin(scores))
+            if scores[i] < best_loss:
+                best_loss = scores[i]
+                best = Efficiency(float(compute), float(memory[i]), float(kernel_us[i]), overlap)
         # next round: two grid steps either side of the best value (one step trapped the search in
         # the valley where launch cost trades against memory efficiency, short of the optimum)
         ranges = {

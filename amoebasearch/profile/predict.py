@@ -44,6 +44,11 @@ class PointModel:
         return self.scale * self.raw(shape) + self.offset_us
 
 
+def calibration_key(phase: str, batch: int, context: int) -> str:
+    """How a table's sidecar names a grid point's calibration (JSON keys are strings)."""
+    return f"{phase}/{int(batch)}/{int(context)}"
+
+
 def build_lookup(table: LatencyTable, calibrated: bool = True) -> dict[tuple[str, int, int], PointModel]:
     """Group a table's rows into one `PointModel` per (phase, batch, context)."""
     calibration = table.meta.get("calibration", {}) if calibrated else {}
@@ -54,7 +59,7 @@ def build_lookup(table: LatencyTable, calibrated: bool = True) -> dict[tuple[str
         blocks = {(h, f): us for (b, h, f), us in medians.items() if b == "decoder"}
         if missing or not blocks:
             continue  # an unfinished grid point (interrupted run) cannot price anything yet
-        fit = calibration.get(f"{phase}/{batch}/{context}", {})
+        fit = calibration.get(calibration_key(phase, batch, context), {})
         models[(str(phase), int(batch), int(context))] = PointModel(
             fixed_us=sum(medians[(b, 0, 0)] for b in FIXED_BLOCKS),
             block_us=blocks,

@@ -23,7 +23,7 @@ from amoebasearch import atomic
 from amoebasearch.export import extract
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import Point, share_embeddings, stack_model
-from amoebasearch.profile.predict import build_lookup
+from amoebasearch.profile.predict import build_lookup, calibration_key
 from amoebasearch.profile.programs import Context, model_program
 from amoebasearch.profile.table import LatencyTable, validation_path
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
@@ -77,7 +77,8 @@ def fit_calibration(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
             offset = (swcc * swm - swc * swcm) / det
         else:
             scale, offset = swcm / swcc, 0.0
-        fits[f"{phase}/{batch}/{context}"] = {"scale": float(scale), "offset_us": float(offset), "fitted_on": len(c)}
+        fit = {"scale": float(scale), "offset_us": float(offset), "fitted_on": len(c)}
+        fits[calibration_key(phase, batch, context)] = fit
     return fits
 
 

@@ -285,3 +285,18 @@ def test_widths_are_timed_in_order_of_cost_with_heads_and_ffn_interleaved():
     assert ordered[0] == (3, 64) and ordered[-1] == (9, 1536)
     assert ordered.index((9, 64)) < ordered.index((3, 1536))  # a wide FFN outweighs more heads
     assert sorted(ordered) == sorted(widths)
+
+
+def test_resume_refuses_a_table_measured_with_another_allocation_policy(tmp_path):
+    from amoebasearch.profile import profiler
+
+    model = tiny_model("llama")
+    runtime = get_runtime("eager", "cpu", model.dtype)
+    points = [Point("decode", 1, 8)]
+    small = {"malloc": "glibc mmap/trim thresholds fixed at 131072 bytes"}
+    huge = {"malloc": small["malloc"] + "; huge pages (glibc.malloc.hugetlb=1)"}
+    table = profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, huge, resume=False)
+    with pytest.raises(UsageError, match="allocation policy .*same GLIBC_TUNABLES"):
+        profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, small, resume=True)
+    again = profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, huge, resume=True)
+    assert again.path == table.path

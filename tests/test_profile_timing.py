@@ -148,3 +148,11 @@ def test_garbage_collector_is_off_while_timing_and_restored_after():
     with pytest.raises(RuntimeError):
         timing.measure_interleaved([(failing, lambda: None, None)], clock=FakeClock([1.0] * 20), warmup=0, repeats=20)
     assert gc.isenabled()
+
+
+def test_huge_pages_are_named_in_the_allocation_policy_only_when_glibc_is_asked_for_them():
+    assert timing.huge_page_policy({}) == ""
+    assert timing.huge_page_policy({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == ""
+    assert timing.huge_page_policy({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=1"}) == ""
+    both = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=1:glibc.malloc.hugetlb=1"}
+    assert timing.huge_page_policy(both) == "; huge pages (glibc.malloc.hugetlb=1)"

@@ -280,6 +280,12 @@ def open_table(
             or old.get("runtime", {}).get("name") != runtime.name
         ):
             raise UsageError(f"{path} was measured on another device or runtime: remove it or drop --resume")
+        was, now = old.get("settings", {}).get("malloc"), settings.get("malloc")
+        if was and now and was != now:
+            raise UsageError(
+                f"{path} was measured with allocation policy '{was}', this run has '{now}': "
+                "start it with the same GLIBC_TUNABLES, or drop --resume"
+            )
         # keep the earlier measurement context; extend the grid if more points were asked for
         grid = old["settings"]["grid"] + [g for g in meta["settings"]["grid"] if g not in old["settings"]["grid"]]
         old["settings"]["grid"] = grid

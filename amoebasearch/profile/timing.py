@@ -251,9 +251,9 @@ def fix_malloc_thresholds(threshold: int = 128 * 1024) -> str:
     if mallopt is None:
         return "default"
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    if mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, threshold):
-        return f"glibc mmap/trim thresholds fixed at {threshold} bytes" + huge_page_policy(os.environ)
-    return "default"
+    fixed = mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, threshold)
+    policy = f"glibc mmap/trim thresholds fixed at {threshold} bytes" if fixed else "default"
+    return policy + huge_page_policy(os.environ)  # glibc honours the tunable either way
 
 
 def huge_page_policy(environ: Mapping[str, str]) -> str:

@@ -275,20 +275,21 @@ def open_table(
     if resume and path.is_file():
         table = load_table(path, meta["model"]["signature"], model_name)
         old = table.meta
+        old_settings = old.setdefault("settings", {})
         if (
             old["device"].get("name") != meta["device"].get("name")
             or old.get("runtime", {}).get("name") != runtime.name
         ):
             raise UsageError(f"{path} was measured on another device or runtime: remove it or drop --resume")
-        was, now = old.get("settings", {}).get("malloc"), settings.get("malloc")
+        was, now = old_settings.get("malloc"), settings.get("malloc")
         if was and now and was != now:
             raise UsageError(
                 f"{path} was measured with allocation policy '{was}', this run has '{now}': "
                 "start it with the same GLIBC_TUNABLES, or drop --resume"
             )
         # keep the earlier measurement context; extend the grid if more points were asked for
-        grid = old["settings"]["grid"] + [g for g in meta["settings"]["grid"] if g not in old["settings"]["grid"]]
-        old["settings"]["grid"] = grid
+        known = old_settings.get("grid", [])
+        old_settings["grid"] = known + [g for g in meta["settings"]["grid"] if g not in known]
         return table
     table = LatencyTable.empty(meta, path)
     table.save(path)

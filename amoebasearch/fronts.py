@@ -24,10 +24,11 @@ from amoebasearch import atomic
 from amoebasearch.errors import UsageError
 from amoebasearch.plots import Curve
 from amoebasearch.profile.predict import point_model
-from amoebasearch.profile.table import LatencyTable
+from amoebasearch.profile.table import LatencyTable, folder_label
 from amoebasearch.search.quality import HIGHER_IS_BETTER
 from amoebasearch.search.study import Candidate, pareto_front
-from amoebasearch.shape import Shape
+from amoebasearch.shape import ModelDims, Shape
+from amoebasearch.userfiles import require_file
 
 COLUMNS = ("selection", "depth", "heads", "ffn", "layers", "quality", "metric", "model", "signature")
 METRIC_LABELS = {"ppl": "held-out perplexity", "accuracy": "multiple-choice accuracy"}
@@ -61,12 +62,10 @@ def write_qualities(frame: pd.DataFrame, path: str | Path) -> Path:
 def read_qualities(path: str | Path) -> pd.DataFrame:
     """Load a qualities CSV; a missing file, missing columns or mixed models are one-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(
-            f"qualities file {path} does not exist: `amoebasearch find` writes one (qualities.csv in its --out)"
-        )
+    require_file(path, "qualities file", "`amoebasearch find` writes one (qualities.csv in its --out)")
     try:
-        frame = pd.read_csv(path, dtype={"layers": str, "selection": str})
+        # signatures are hex digests: "0123..." or "1e50..." must not turn into numbers
+        frame = pd.read_csv(path, dtype={"layers": str, "selection": str, "signature": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"qualities file {path} is not a readable CSV ({err})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -86,6 +85,7 @@ def read_qualities(path: str | Path) -> pd.DataFrame:
             f"qualities file {path}: column {column} holds values that are not numbers "
             "(layers: layer indices separated by spaces): write it with `amoebasearch find`"
         )
+    frame.attrs["path"] = str(path)  # so a shape the priced table's model cannot have names its file
     return frame
 
 
@@ -114,9 +114,15 @@ def candidates(
             f"{frame['model'].iloc[0]} ({frame['signature'].iloc[0]}): use tables of that model"
         )
     point = point_model(table, phase, batch, context)
+    dims = ModelDims(**table.meta["model"]["dims"])
     out = []
-    for _, row in frame.iterrows():
+    for number, (_, row) in enumerate(frame.iterrows(), start=1):
         shape = shape_of(row)
+        try:
+            shape.validate(dims)
+        except UsageError as err:
+            where = frame.attrs.get("path", "the qualities")
+            raise UsageError(f"{where}, row {number}: {err}") from None
         out.append(Candidate(shape, point.predict(shape) / 1000.0, float(row["quality"])))
     return out
 
@@ -154,8 +160,8 @@ def tables_for(frame: pd.DataFrame, folder: str | Path, phase: str, batch: int, 
     usable = [t for t in tables if (phase, batch, context) in table_points(t)]
     if not usable:
         raise UsageError(
-            f"no latency table in {folder}/ for {frame['model'].iloc[0]} at {phase} batch {batch} context "
-            f"{context}: run `amoebasearch profile` (or pass --profile TABLE.csv)"
+            f"no latency table in {folder_label(Path(folder))} for {frame['model'].iloc[0]} at {phase} "
+            f"batch {batch} context {context}: run `amoebasearch profile` (or pass --profile TABLE.csv)"
         )
     return sorted(usable, key=lambda t: (t.estimated, str(t.path)))
 

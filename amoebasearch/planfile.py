@@ -15,7 +15,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.models import model_signature
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims
-from amoebasearch.userfiles import read_json
+from amoebasearch.userfiles import read_json, require_file
 
 PLAN_FORMAT = 1
 
@@ -67,8 +67,7 @@ class Plan:
     def load(cls, path: str | Path, config: Any | None = None) -> Plan:
         """Read a plan; with ``config``, refuse it unless it was made for that model."""
         path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"plan file {path} does not exist: make one with `amoebasearch plan --out {path}`")
+        require_file(path, "plan file", f"make one with `amoebasearch plan --out {path}`")
         plan = cls.from_dict(read_json(path, "plan file", f"make one with `amoebasearch plan --out {path}`"))
         if config is not None:
             expected = model_signature(config)

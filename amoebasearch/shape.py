@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amoebasearch.errors import UsageError
-from amoebasearch.userfiles import read_json
+from amoebasearch.userfiles import read_json, require_file
 
 if TYPE_CHECKING:
     from amoebasearch.ordering import Ordering
@@ -116,8 +116,7 @@ class Shape:
     @classmethod
     def load(cls, path: str | Path) -> Shape:
         path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"shape file {path} does not exist: pass a JSON file with layers, heads, ffn")
+        require_file(path, "shape file", "pass a JSON file with layers, heads, ffn")
         return cls.from_dict(read_json(path, "shape file", "pass a JSON object with layers, heads, ffn"))
 
     def __str__(self) -> str:

@@ -13,6 +13,15 @@ from typing import Any
 from amoebasearch.errors import UsageError
 
 
+def require_file(path: Path, what: str, fix: str) -> None:
+    """Refuse a missing ``path``, or a folder where a file is expected (an easy slip: the folder a
+    command wrote instead of the file in it), saying which; ``fix`` says how to make the file."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a file: pass the file itself")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist: {fix}")
+
+
 def read_text(path: Path, what: str, fix: str) -> str:
     """``path`` as UTF-8 text; ``what`` names the file's role ("plan file"), ``fix`` the remedy."""
     try:
@@ -28,6 +37,19 @@ def read_json(path: Path, what: str, fix: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{what} {path} is not valid JSON ({json_fault(err)}): {fix}") from None
+
+
+def read_json_object(path: Path, what: str, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An existing JSON file holding an object with (at least) ``keys``, or a one-line error: for
+    the files a command wrote and reads back, which a hand edit or a truncated copy can break."""
+    require_file(path, what, fix)
+    data = read_json(path, what, fix)
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} holds a JSON {type(data).__name__}, not an object: {fix}")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise UsageError(f"{what} {path} lacks {', '.join(missing)}: {fix}")
+    return data
 
 
 def json_fault(err: json.JSONDecodeError) -> str:

@@ -9,6 +9,7 @@ import pytest
 import table_helpers
 
 from amoebasearch.cli import main
+from amoebasearch.errors import UsageError
 from amoebasearch.models import load_config
 
 
@@ -205,3 +206,113 @@ def test_find_refuses_an_export_it_would_refuse_only_after_the_search(tiny_check
     assert main([*find, "--export", "."]) == 2
     assert "current directory" in error_line(capsys)
     assert not out.exists()
+
+
+def test_a_folder_where_a_file_is_expected_is_named_as_a_folder(tmp_path):
+    from amoebasearch.fronts import read_qualities
+    from amoebasearch.planfile import Plan
+    from amoebasearch.profile.table import load_table
+    from amoebasearch.shape import Shape
+    from amoebasearch.train.instruct import read_examples
+
+    for reader in (load_table, Plan.load, Shape.load, read_qualities, read_examples):
+        with pytest.raises(UsageError, match="is a folder, not a file"):
+            reader(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda meta: meta["model"].pop("dims"), "model.dims must give"),
+        (lambda meta: meta["settings"].update(ffn_step="abc"), "settings.ffn_step must be a positive integer"),
+        (lambda meta: meta.update(calibration={"decode/1/128": {"scale": "x"}}), "calibration decode/1/128"),
+    ],
+)
+def test_a_sidecar_with_unusable_values_is_named(tiny_checkpoint, tmp_path, capsys, edit, message):
+    table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    side = table.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    edit(meta)
+    side.write_text(json.dumps(meta))
+    assert main(["plot", "table", "--profile", str(table), "--out", str(tmp_path / "plots")]) == 2
+    line = error_line(capsys)
+    assert message in line and "t.json" in line
+
+
+@pytest.mark.parametrize("content", ["", "a,b\n1,2\n", 'subnet,split\n"1,heldout\n'])
+def test_a_broken_validation_file_is_named_not_a_traceback(tiny_checkpoint, tmp_path, content):
+    from amoebasearch.profile.table import load_table, validation_path
+    from amoebasearch.search.margin import budget_margin
+
+    path = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    validation_path(path).write_text(content)
+    with pytest.raises(UsageError, match="validation file .*t.validation.csv"):
+        budget_margin("auto", load_table(path), "decode", 1, 128)
+
+
+@pytest.mark.parametrize(("content", "message"), [("{oops", "not valid JSON"), ("{}", "lacks model, signature")])
+def test_a_broken_supernet_file_is_named(tmp_path, content, message):
+    from amoebasearch.search.find import FindRequest, _model_identity
+
+    (tmp_path / "base.json").write_text(content)
+    with pytest.raises(UsageError, match=f"supernet file .*base.json.*{message}"):
+        _model_identity(FindRequest(budget_ms=1.0, supernet=str(tmp_path)))
+
+
+def test_find_refuses_a_supernet_base_of_another_model(tiny_checkpoint, tmp_path):
+    from amoebasearch.search.find import FindRequest, _model_identity
+
+    (tmp_path / "base.json").write_text(json.dumps({"model": str(tiny_checkpoint), "signature": "0000"}))
+    request = FindRequest(budget_ms=1.0, supernet=str(tmp_path), model=str(tiny_checkpoint))
+    with pytest.raises(UsageError, match="trained on model signature 0000"):
+        _model_identity(request)
+
+
+def test_find_refuses_a_runtime_or_device_its_table_contradicts(tiny_checkpoint, tmp_path, capsys):
+    table = table_helpers.fake_table(load_config(str(tiny_checkpoint)), "tiny", tmp_path / "t.csv")
+    argv = ["find", "--model", str(tiny_checkpoint), "--budget", "3ms", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--runtime", "bogus"]) == 2
+    assert "unknown runtime 'bogus'" in error_line(capsys)
+    assert main([*argv, "--profile", str(table), "--runtime", "onnxruntime"]) == 2
+    assert "prices runtime eager, not --runtime onnxruntime" in error_line(capsys)
+    assert main([*argv, "--profile", str(table), "--device", "cuda:0"]) == 2
+    assert "measured on a cpu device, not --device cuda:0" in error_line(capsys)
+
+
+def test_train_refuses_mixture_settings_with_no_smol(tiny_checkpoint, tmp_path, capsys):
+    argv = ["train", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "s"), "--no-smol"]
+    assert main([*argv, "--loras", "3"]) == 2
+    assert "--no-smol trains one shared LoRA" in error_line(capsys)
+
+
+def test_profile_grid_lists_refuse_empty_items_and_drop_repeats():
+    import argparse
+
+    from amoebasearch.cli.profile import comma_list
+
+    assert comma_list(int)("1,8,1") == [1, 8] and comma_list(int)("") == []
+    with pytest.raises(argparse.ArgumentTypeError, match="empty item"):
+        comma_list(int)("1,,2")
+
+
+def test_a_qualities_row_the_model_cannot_have_names_the_file_and_row(tiny_checkpoint, tmp_path):
+    import pandas as pd
+
+    from amoebasearch.fronts import candidates, read_qualities
+    from amoebasearch.profile.table import load_table
+
+    config = load_config(str(tiny_checkpoint))
+    table = load_table(table_helpers.fake_table(config, "tiny", tmp_path / "t.csv"))
+    qualities = tmp_path / "q.csv"
+    row = {"model": "tiny", "signature": table.signature, "metric": "ppl", "selection": "dp", "quality": 9.0}
+    frame = pd.DataFrame(
+        [
+            {**row, "depth": 1, "layers": "0", "heads": config.num_attention_heads, "ffn": 64},
+            {**row, "depth": 2, "layers": "0 99", "heads": config.num_attention_heads, "ffn": 64},
+        ]
+    )
+    frame.to_csv(qualities, index=False)
+    read = read_qualities(qualities)
+    assert read["signature"].iloc[0] == table.signature
+    with pytest.raises(UsageError, match="q.csv, row 2: shape layer index 99 is out of range"):
+        candidates(read, table)

@@ -15,6 +15,8 @@ from amoebasearch.profile.runtimes import get_runtime
 from amoebasearch.profile.table import FORMAT, LatencyTable, load_table
 from amoebasearch.shape import Shape
 
+HAND_DIMS = {"num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "ffn": 128, "hidden": 256, "head_dim": 64}
+
 
 def hand_table(signature="abc", calibration=None):
     def row(block, heads, ffn, us, phase="decode"):
@@ -44,7 +46,7 @@ def hand_table(signature="abc", calibration=None):
     meta = {
         "format": FORMAT,
         "source": "measured",
-        "model": {"name": "tiny", "signature": signature},
+        "model": {"name": "tiny", "signature": signature, "dims": HAND_DIMS},
         "device": {"kind": "cpu", "name": "test cpu"},
         "runtime": {"name": "eager"},
         "settings": {"ffn_step": 64},

@@ -42,8 +42,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--profile", help="latency table CSV (default: pick one for --device/--runtime)")
     parser.add_argument("--profiles", default="profiles", help="folder searched for tables (default profiles/)")
-    parser.add_argument("--device", default="cpu", help="device whose table to use (default cpu)")
-    parser.add_argument("--runtime", default="eager", help="runtime whose table to use (default eager)")
+    parser.add_argument("--device", help="device whose table to use (default cpu)")
+    parser.add_argument("--runtime", help="runtime whose table to use (default eager)")
     parser.add_argument("--phase", choices=PHASES, default="decode", help="what the budget is for (default decode)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the table point (default 1)")
     parser.add_argument("--context", type=positive_int, default=128, help="context length (default 128)")
@@ -83,14 +83,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amoebasearch.fronts import write_qualities
+    from amoebasearch.profile.runtimes import RUNTIMES
+    from amoebasearch.profile.table import load_table
     from amoebasearch.search.find import FindRequest, find, known_qualities
+    from amoebasearch.search.tables import check_table_matches
 
     budget_ms = parse_budget(args.budget)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # --verify runs on the device now; otherwise it only names whose table to search
-    device = check_device(args.device) if args.verify else check_device_name(args.device)
+    device = check_device(args.device or "cpu") if args.verify else check_device_name(args.device or "cpu")
+    if args.runtime is not None and args.runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {args.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if args.profile and (args.device or args.runtime):
+        check_table_matches(load_table(args.profile), args.device and device, args.runtime)
     check_output_path(Path(args.out), "--out", folder=True)
     if args.export:
         from amoebasearch.export import check_export_dir
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         table=args.profile,
         profiles=Path(args.profiles),
         device=device,
-        runtime=args.runtime,
+        runtime=args.runtime or "eager",
         phase=args.phase,
         batch=args.batch,
         context=args.context,

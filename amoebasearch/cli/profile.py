@@ -14,13 +14,20 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def comma_list(kind):
+    """A comma-separated grid axis: an empty item is a typo (refused), a repeated one is dropped
+    (a point is measured once); no item at all ("" or ",") is an empty list, which `check_grid` names."""
+
     def parse(text: str) -> list:
-        items = [t.strip() for t in text.split(",") if t.strip()]
+        items = [t.strip() for t in text.split(",")]
+        if not any(items):
+            return []
+        if "" in items:
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item: write values like 1,8")
         try:
             values = [kind(t) for t in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
-        return values
+        return list(dict.fromkeys(values))
 
     return parse
 

@@ -16,6 +16,7 @@ from amoebasearch.cli.common import (
     positive_float,
     positive_int,
 )
+from amoebasearch.errors import UsageError
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -37,8 +38,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--max-examples", type=positive_int, default=50_000, help="examples read (default 50000)")
     parser.add_argument("--sandwich", type=positive_int, default=4, help="shapes per step, K >= 2 (default 4)")
-    parser.add_argument("--loras", type=positive_int, default=5, help="LoRAs per linear layer, T (default 5)")
-    parser.add_argument("--top-k", type=positive_int, default=2, help="LoRAs the gate picks per shape (default 2)")
+    parser.add_argument("--loras", type=positive_int, help="LoRAs per linear layer, T (default 5)")
+    parser.add_argument("--top-k", type=positive_int, help="LoRAs the gate picks per shape (default 2)")
     parser.add_argument("--rank", type=positive_int, default=64, help="LoRA rank (default 64)")
     parser.add_argument("--alpha", type=positive_float, help="LoRA alpha (default 2 x rank)")
     parser.add_argument("--dropout", type=non_negative_float, default=0.0, help="LoRA dropout (default 0)")
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from amoebasearch.train import SMoLConfig, TrainConfig, train_supernet
     from amoebasearch.train.workers import Workers
 
-    loras, top_k = (1, 1) if args.no_smol else (args.loras, args.top_k)
+    if args.no_smol and (args.loras is not None or args.top_k is not None):
+        raise UsageError("--no-smol trains one shared LoRA: drop --loras and --top-k, or drop --no-smol")
+    loras, top_k = (1, 1) if args.no_smol else (args.loras or 5, args.top_k or 2)
     smol = SMoLConfig(
         num_loras=loras,
         top_k=top_k,

@@ -31,6 +31,7 @@ from amoebasearch.profile.table import (
     FORMAT,
     LatencyTable,
     candidate_tables,
+    folder_label,
     load_table,
     table_name,
     table_row,
@@ -469,7 +470,10 @@ def estimate_to_file(
     # the per-call overhead is host-side Python glue: take it from any measured table of this model
     hosts = calibration or measured_tables(out_dir, signature, runtime)
     if not hosts:
-        raise UsageError(f"no measured table for {name} in {out_dir}: run `amoebasearch profile` once on this host")
+        raise UsageError(
+            f"no measured table for {name} in {folder_label(Path(out_dir))}: "
+            "run `amoebasearch profile` once on this host"
+        )
     overhead = {}
     for r in hosts[0].rows[hosts[0].rows["block"] == "overhead"].itertuples():
         overhead[(r.phase, int(r.batch), int(r.context))] = float(r.median_us)

@@ -13,7 +13,8 @@ valid table of everything finished so far and ``--resume`` measures only what is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ import pandas as pd
 
 from amoebasearch import atomic
 from amoebasearch.errors import UsageError, first_line
-from amoebasearch.userfiles import read_json
+from amoebasearch.shape import ModelDims
+from amoebasearch.userfiles import read_json, require_file
 
 COLUMNS = (
     "block",
@@ -51,6 +53,27 @@ def sidecar_path(csv_path: Path) -> Path:
 
 def validation_path(csv_path: Path) -> Path:
     return csv_path.with_suffix(".validation.csv")
+
+
+# what `find --margin auto` reads from a validation file (`profile --resume` needs all its columns)
+VALIDATION_NEEDS = ("split", "phase", "batch", "context", "predicted_us", "measured_us")
+
+
+def read_validation(path: Path, needs: Iterable[str] = VALIDATION_NEEDS) -> pd.DataFrame:
+    """A table's ``.validation.csv``, or a one-line error naming what is wrong with it (an
+    empty, truncated or foreign file beside a table must not end `find` in a traceback)."""
+    fix = "delete it and validate again with `amoebasearch profile --validate N --resume`"
+    try:
+        frame = pd.read_csv(path)
+    except ValueError as err:  # pandas' parser and empty-data errors, undecodable bytes
+        raise UsageError(f"validation file {path} is not a CSV ({first_line(err)}): {fix}") from None
+    missing = [column for column in needs if column not in frame.columns]
+    if missing:
+        raise UsageError(f"validation file {path} lacks column(s) {', '.join(missing)}: {fix}")
+    for column in ("batch", "context", "predicted_us", "measured_us"):
+        if pd.to_numeric(frame[column], errors="coerce").isna().any():
+            raise UsageError(f"validation file {path}: column {column} holds non-numbers: {fix}")
+    return frame
 
 
 def table_row(
@@ -146,6 +169,12 @@ class LatencyTable:
         return self
 
 
+def folder_label(folder: Path) -> str:
+    """``folder/`` for messages, saying so when it does not exist (a mistyped --profiles, or a run
+    from another directory than the one holding profiles/)."""
+    return f"{folder}/" if folder.is_dir() else f"{folder}/ (no such folder)"
+
+
 def candidate_tables(folder: Path, signature: str) -> list[Path]:
     """Table CSVs in ``folder`` whose sidecar names this model signature (other files are skipped)."""
     found = []
@@ -182,13 +211,42 @@ def check_meta(meta: Any, side: Path) -> None:
     wrong += [f"model.{key}" for key in ("name", "signature") if "model" not in wrong and key not in meta["model"]]
     if wrong:
         raise UsageError(f"{side} lacks {', '.join(wrong)}: {fix}")
+    check_meta_values(meta, side, fix)
+
+
+def whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_meta_values(meta: dict, side: Path, fix: str) -> None:
+    """The sidecar values the predictor computes with: the model's dims (the shape space a table
+    prices), the FFN step, and every calibration's scale and offset."""
+    names = {f.name for f in fields(ModelDims)}
+    dims = meta["model"].get("dims")
+    if not isinstance(dims, dict) or set(dims) != names or not all(whole(v) for v in dims.values()):
+        raise UsageError(f"{side}: model.dims must give {', '.join(sorted(names))} as positive integers: {fix}")
+    if not whole(meta["settings"].get("ffn_step", 64)):
+        raise UsageError(f"{side}: settings.ffn_step must be a positive integer: {fix}")
+    calibration = meta.get("calibration", {})
+    bad = [
+        key
+        for key, fit in (calibration.items() if isinstance(calibration, dict) else [("calibration", None)])
+        if not isinstance(fit, dict) or not all(number(fit.get(k, 0.0)) for k in ("scale", "offset_us"))
+    ]
+    if bad:
+        raise UsageError(f"{side}: calibration {', '.join(bad)} must hold a numeric scale and offset_us: {fix}")
 
 
 def load_table(path: str | Path, signature: str | None = None, model_name: str = "this model") -> LatencyTable:
     """Read a table and its sidecar; with ``signature``, refuse a table of another model."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"latency table {path} does not exist: create it with `amoebasearch profile`")
+    require_file(path, "latency table", "create it with `amoebasearch profile`")
+    if path.suffix == ".json":
+        raise UsageError(f"{path} is a table's sidecar: pass the table itself, {path.with_suffix('.csv')}")
     side = sidecar_path(path)
     if not side.is_file():
         raise UsageError(f"latency table {path} has no sidecar {side.name}: re-run `amoebasearch profile`")

@@ -25,7 +25,7 @@ from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import Point, share_embeddings, stack_model
 from amoebasearch.profile.predict import build_lookup, calibration_key
 from amoebasearch.profile.programs import Context, model_program
-from amoebasearch.profile.table import LatencyTable, validation_path
+from amoebasearch.profile.table import LatencyTable, read_validation, validation_path
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
 COLUMNS = (
@@ -324,7 +324,7 @@ def validate_table(
     rows: list[dict[str, Any]] = []
     if resume and out is not None and out.is_file():
         # rows timed while the host stayed disturbed are not finished: measure them again now
-        rows = pd.read_csv(out).to_dict("records")
+        rows = read_validation(out, COLUMNS).to_dict("records")
         rebase_sentinel(rows, group)
         rows = [r for r in rows if not disturbed(r, tolerance)]
     finished = {(r["subnet"], r["phase"], r["batch"], r["context"]) for r in rows}

@@ -16,7 +16,7 @@ from typing import Any
 
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
-from amoebasearch.models import load, load_config, model_signature, resolve
+from amoebasearch.models import DEFAULT_MODEL, load, load_config, model_signature, resolve
 from amoebasearch.planfile import Plan
 from amoebasearch.profile.predict import point_model, table_space
 from amoebasearch.profile.table import LatencyTable, load_table
@@ -45,7 +45,7 @@ class FindRequest:
     batch: int = 1
     context: int = 128
     supernet: str | None = None
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     plan: str | None = None
     data: str | None = None
     metric: str = "ppl"  # held-out perplexity (lower is better) or multiple-choice "accuracy" (higher)
@@ -123,7 +123,7 @@ class QualitySource:
         if self.request.supernet:
             from amoebasearch.train.supernet import load_supernet
 
-            self._supernet = load_supernet(self.request.supernet)
+            self._supernet = load_supernet(self.request.supernet, base_override(self.request))
             self._loaded = self._supernet.loaded
             logits_fn = self._supernet.smol
         else:
@@ -172,6 +172,11 @@ class QualitySource:
         return save_subnet(self.subnet(shape), out, self._loaded.tokenizer, flag="--export")
 
 
+def base_override(request: FindRequest) -> str | None:
+    """A ``--model`` given with ``--supernet`` (the base moved, same weights); None: the recorded one."""
+    return request.model if request.supernet and request.model != DEFAULT_MODEL else None
+
+
 def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
     """(name, signature, config, plan) without loading any weights."""
     if request.supernet:
@@ -181,10 +186,18 @@ def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
             raise UsageError(
                 f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`"
             )
-        base = json.loads(base_file.read_text())
-        config = load_config(base["model"])
+        from amoebasearch.train.supernet import read_supernet_file
+
+        base = read_supernet_file(directory, "base.json")
+        reference = base_override(request) or base["model"]
+        config = load_config(reference)
+        if model_signature(config) != base["signature"]:
+            raise UsageError(
+                f"supernet {directory} was trained on model signature {base['signature']}, not --model "
+                f"{reference}'s {model_signature(config)}: pass the model it was trained on"
+            )
         plan = Plan.load(directory / "plan.json", config)
-        name = resolve(base["model"])[0]
+        name = resolve(reference)[0]
         return name, base["signature"], config, plan
     config = load_config(request.model)
     plan = Plan.load(request.plan, config) if request.plan else Plan.identity(config)

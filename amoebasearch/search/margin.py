@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from amoebasearch.errors import UsageError
-from amoebasearch.profile.table import LatencyTable, validation_path
+from amoebasearch.profile.table import LatencyTable, read_validation, validation_path
 
 QUANTILE = 0.95
 MIN_ROWS = 10  # fewer held-out subnets than this say too little about a 95th percentile
@@ -96,7 +96,7 @@ def budget_margin(requested: str | float, table: LatencyTable, phase: str, batch
     path = validation_path(table.path) if table.path else None
     if path is None or not path.is_file():
         return Margin(0.0, "none: the table has no validation file (profile it with --validate N)")
-    fraction = validated_margin(pd.read_csv(path), phase, batch, context)
+    fraction = validated_margin(read_validation(path), phase, batch, context)
     if fraction is None:
         return Margin(0.0, f"none: fewer than {MIN_ROWS} held-out subnets validated at this point in {path.name}")
     return Margin(fraction, f"{QUANTILE:.0%} of held-out overruns in {path.name}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile.estimate import modelled_runtime
-from amoebasearch.profile.table import LatencyTable, candidate_tables, load_table
+from amoebasearch.profile.table import LatencyTable, candidate_tables, folder_label, load_table
 
 
 def choose_table(
@@ -28,6 +28,26 @@ def choose_table(
     if estimated:  # the estimate of this runtime's launch costs if there is one (an eager one prices all)
         return min(estimated, key=lambda table: modelled_runtime(table) != runtime)
     raise UsageError(
-        f"no latency table for {model_name} on {device} ({runtime}) in {folder}/: run "
+        f"no latency table for {model_name} on {device} ({runtime}) in {folder_label(folder)}: run "
         f"`amoebasearch profile --device {device} --runtime {runtime}` or pass --profile TABLE.csv"
     )
+
+
+def check_table_matches(table: LatencyTable, device: str | None, runtime: str | None) -> None:
+    """Refuse a ``--device`` or ``--runtime`` given beside ``--profile`` that the table contradicts:
+    the table decides what is priced, and a flag silently overruled is a search on the wrong thing."""
+    if runtime is not None:
+        measured = table.meta.get("runtime", {}).get("name")
+        prices = modelled_runtime(table) if table.estimated else measured
+        if runtime != prices:
+            raise UsageError(
+                f"--profile {table.path} prices runtime {prices}, not --runtime {runtime}: "
+                "drop --runtime, or pass that runtime's table"
+            )
+    if device is not None and not table.estimated:
+        kind = table.meta.get("device", {}).get("kind")
+        if kind != device.split(":")[0]:
+            raise UsageError(
+                f"--profile {table.path} was measured on a {kind} device, not --device {device}: "
+                "drop --device, or pass that device's table"
+            )

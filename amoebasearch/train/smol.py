@@ -21,7 +21,6 @@ export (``W + scale·Σ g_t B_t A_t``, then sliced) equal the elastic forward.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +38,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.models import decoder_layers, projections
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
+from amoebasearch.userfiles import read_json_object
 
 CONFIG_FILE = "smol_config.json"
 WEIGHTS_FILE = "smol.safetensors"
@@ -367,7 +367,7 @@ class SMoLModel(nn.Module):
             raise UsageError(
                 f"{directory} holds no SMoL adapter ({CONFIG_FILE} + {WEIGHTS_FILE}): run `amoebasearch train`"
             )
-        config = SMoLConfig.from_dict(json.loads(config_path.read_text()))
+        config = SMoLConfig.from_dict(read_json_object(config_path, "SMoL config", "train the supernet again"))
         model = cls(base, config, ordering)
         model.load_adapter_state_dict(load_file(str(weights_path), device=str(next(base.parameters()).device)))
         return model

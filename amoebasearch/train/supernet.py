@@ -10,7 +10,6 @@ checkpoint/          the latest resumable state (adapter + optimizer moments + s
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from amoebasearch.train import instruct
 from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
 from amoebasearch.train.trainer import TrainConfig, require_batches, train
 from amoebasearch.train.workers import Workers
-from amoebasearch.userfiles import check_output_path
+from amoebasearch.userfiles import check_output_path, read_json_object
 
 SUPERNET_FORMAT = 1
 
@@ -38,9 +37,21 @@ def space_to_dict(space: ShapeSpace) -> dict[str, Any]:
     return {**space.to_dict(), "min_depth": space.depths[0]}
 
 
+# what the readers of a supernet directory use from each of its JSON files
+SUPERNET_KEYS = {"base.json": ("model", "signature"), "shape_space.json": ("ffn_step", "min_depth")}
+
+
+def read_supernet_file(directory: Path, name: str) -> dict[str, Any]:
+    """One JSON file of a supernet directory (`SUPERNET_KEYS`), or a one-line error naming it."""
+    fix = "restore the file, or train the supernet again with `amoebasearch train`"
+    return read_json_object(directory / name, "supernet file", fix, SUPERNET_KEYS.get(name, ()))
+
+
 def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeSpace:
+    if not all(isinstance(data[key], int) and not isinstance(data[key], bool) for key in ("ffn_step", "min_depth")):
+        raise UsageError(f"the shape space's ffn_step and min_depth must be integers, not {data}: train again")
     step = saved_ffn_step(data["ffn_step"], dims)
-    return ShapeSpace(dims, plan.ordering, ffn_step=step, min_depth=int(data["min_depth"]))
+    return ShapeSpace(dims, plan.ordering, ffn_step=step, min_depth=data["min_depth"])
 
 
 def write_header(out: Path, model_ref: str, config: Any, plan: Plan, space: ShapeSpace, extra: dict) -> None:
@@ -96,7 +107,7 @@ def train_supernet(
     dims = ModelDims.from_config(config)
     if resume:  # the run's own plan and shape space, whatever --plan/--min-depth say now
         plan_obj = Plan.load(out / "plan.json", config)
-        space = space_from_dict(json.loads((out / "shape_space.json").read_text()), dims, plan_obj)
+        space = space_from_dict(read_supernet_file(out, "shape_space.json"), dims, plan_obj)
     else:
         plan_obj = Plan.load(plan, config) if plan else Plan.identity(config)
         min_depth = min_depth if min_depth is not None else max(1, dims.num_layers // 2)
@@ -120,7 +131,7 @@ def train_supernet(
         "max_examples": max_examples,
     }
     if resume:
-        previous = json.loads((out / "train_config.json").read_text())
+        previous = read_supernet_file(out, "train_config.json")
         if {k: v for k, v in previous.items() if k != "train"} != {k: v for k, v in extra.items() if k != "train"}:
             raise UsageError("--resume: data or --seq-len differ from the run being resumed; keep them equal")
     elif workers.main:
@@ -177,7 +188,7 @@ def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
         raise UsageError(f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`")
     if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise UsageError(f"{directory} has no finished SMoL weights: finish it with `amoebasearch train --resume`")
-    base = json.loads(base_file.read_text())
+    base = read_supernet_file(directory, "base.json")
     loaded = load(model or base["model"])
     if model_signature(loaded.model.config) != base["signature"]:
         raise UsageError(
@@ -185,7 +196,7 @@ def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
             f"{model_signature(loaded.model.config)}: pass the same --model"
         )
     plan = Plan.load(directory / "plan.json", loaded.model.config)
-    space = space_from_dict(json.loads((directory / "shape_space.json").read_text()), loaded.dims, plan)
+    space = space_from_dict(read_supernet_file(directory, "shape_space.json"), loaded.dims, plan)
     smol = SMoLModel.from_adapter(loaded.model, directory, plan.ordering)
     smol.eval()
     return Supernet(directory, loaded, plan, space, smol)

@@ -260,7 +260,8 @@ def test_find_searches_under_the_validated_margin(setup, tmp_path, capsys):
     # a budget only the margin makes infeasible says so, and how to search the whole budget
     # (the fastest subnet takes 1 ms: 1.05 ms fits it, 1.05 ms less 10 % does not)
     assert main(find_args(setup, tmp_path, "--budget", "1.05ms", "--trials", "3")) == 2
-    assert "--margin 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--margin 0" in err and "budget 1.05 ms less its 10.0% margin" in err
     assert main(find_args(setup, tmp_path, "--budget", "1.05ms", "--trials", "3", "--margin", "0")) == 0
 
 

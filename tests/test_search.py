@@ -93,6 +93,8 @@ def test_storage_urls(tmp_path):
     assert isinstance(open_storage(f"journal:{tmp_path / 'x'}"), optuna.storages.JournalStorage)
     with pytest.raises(UsageError, match="not understood"):
         open_storage("redis://localhost")
+    with pytest.raises(UsageError, match="journal: names no file"):
+        open_storage("journal:")
 
 
 WORKER = textwrap.dedent(

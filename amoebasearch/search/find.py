@@ -292,8 +292,10 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         if not margin.fraction:
             raise
         raise UsageError(
-            f"{err} (searched under {search_budget_ms:.4g} ms: the budget less a {margin.fraction:.1%} margin "
-            "for prediction error; --margin 0 searches the whole budget)"
+            f"budget {request.budget_ms:g} ms less its {margin.fraction:.1%} margin for prediction error "
+            f"({search_budget_ms:.4g} ms) is infeasible on this table: the fastest subnet ({err.fastest}) takes "
+            f"{err.fastest_ms:.3g} ms; raise the budget, use a faster device/runtime, or search the whole "
+            "budget with --margin 0"
         ) from None
     report: dict[str, Any] = {
         "budget_ms": request.budget_ms,

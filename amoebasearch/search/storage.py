@@ -22,6 +22,8 @@ def open_storage(url: str | Path) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(text)
         except Exception as err:  # driver missing, server down: say which
             raise UsageError(f"cannot open Optuna storage {text}: {first_line(err)}") from None
+    if text.startswith("journal:") and not text.removeprefix("journal:").strip():
+        raise UsageError("--storage journal: names no file: write journal:PATH, e.g. journal:runs/find/study.journal")
     path = Path(text.removeprefix("journal:"))
     if text.startswith("journal:") or path.suffix in (".journal", ".log"):
         path.parent.mkdir(parents=True, exist_ok=True)

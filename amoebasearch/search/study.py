@@ -104,6 +104,10 @@ def boundary_neighbours(space: ShapeSpace, latency: dict[Shape, float], budget_m
 class InfeasibleBudget(UsageError):
     """No shape of the space fits the budget (callers may explain how they set the budget)."""
 
+    def __init__(self, message: str, fastest: Shape, fastest_ms: float) -> None:
+        super().__init__(message)
+        self.fastest, self.fastest_ms = fastest, fastest_ms
+
 
 def search(
     space: ShapeSpace,
@@ -127,7 +131,9 @@ def search(
     if latency[fastest_shape] > budget_ms:
         raise InfeasibleBudget(
             f"budget {budget_ms:g} ms is infeasible on this table: the fastest subnet ({fastest_shape}) "
-            f"takes {latency[fastest_shape]:.3g} ms; raise the budget or use a faster device/runtime"
+            f"takes {latency[fastest_shape]:.3g} ms; raise the budget or use a faster device/runtime",
+            fastest_shape,
+            latency[fastest_shape],
         )
     quality_direction = "maximize" if higher_is_better else "minimize"
     directions = [quality_direction, "minimize"] if multi_objective else [quality_direction]

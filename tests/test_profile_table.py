@@ -302,3 +302,19 @@ def test_resume_refuses_a_table_measured_with_another_allocation_policy(tmp_path
         profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, small, resume=True)
     again = profiler.open_table(tmp_path, "tiny", model.config, runtime, "cpu", "float32", points, huge, resume=True)
     assert again.path == table.path
+
+
+def test_resume_refuses_other_measuring_settings_and_a_new_table_drops_the_old_validation(tmp_path):
+    from amoebasearch.profile import profiler
+    from amoebasearch.profile.table import validation_path
+
+    model = tiny_model("llama")
+    runtime = get_runtime("eager", "cpu", model.dtype)
+    points = [Point("decode", 1, 8)]
+    args = (tmp_path, "tiny", model.config, runtime, "cpu", "float32", points)
+    table = profiler.open_table(*args, {"instances": 1, "ffn_step": 64}, resume=False)
+    with pytest.raises(UsageError, match="measured with --instances 1, this run has 3"):
+        profiler.open_table(*args, {"instances": 3, "ffn_step": 64}, resume=True)
+    validation_path(table.path).write_text("subnet\n0\n")
+    profiler.open_table(*args, {"instances": 3, "ffn_step": 64}, resume=False)
+    assert not validation_path(table.path).exists()

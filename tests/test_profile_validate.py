@@ -333,3 +333,23 @@ def test_retries_wait_longer_each_time(monkeypatch):
     # what a progress bar shows meanwhile: how far off, which attempt, how long the wait
     assert heard[0] == f"sentinel +50.0% off, attempt 1/{validate.MAX_ATTEMPTS}; again in 5 s"
     assert len(heard) == validate.MAX_ATTEMPTS - 1
+
+
+def test_resume_refuses_rows_of_other_subnets_or_another_table(tmp_path, monkeypatch):
+    """A validation file of another --seed (other subnets) or of an earlier table (other
+    compositions) is refused, not calibrated and scored as if this run had measured it."""
+    from amoebasearch.errors import UsageError
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+
+    model, point, table = flat_table(tmp_path)
+    ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
+    monkeypatch.setattr(validate, "measure_group", scripted_group({}, [], []))
+    validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
+    with pytest.raises(UsageError, match="another validation .* or of an earlier table"):
+        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, seed=7, resume=True)
+    table.rows.loc[table.rows["block"] == "decoder", "median_us"] *= 2  # the table measured again
+    table._lookup = None
+    with pytest.raises(UsageError, match="of an earlier table"):
+        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True)

@@ -136,3 +136,18 @@ def test_boundary_neighbours_are_the_deepest_feasible_shapes_at_nearby_widths():
         h = abs(space.head_options.index(shape.heads) - space.head_options.index(centre.heads))
         f = abs(space.ffn_options.index(shape.ffn) - space.ffn_options.index(centre.ffn))
         assert h <= 1 and f <= 2 and (h, f) != (0, 0)
+
+
+def test_a_journal_cut_mid_record_is_repaired_and_a_damaged_one_named(tmp_path, capsys):
+    journal = tmp_path / "s.journal"
+    storage = open_storage(journal)
+    optuna.create_study(storage=storage, study_name="a")
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 0, "worker_id": "x", "study_na')  # a crash mid-append
+    storage = open_storage(journal)
+    assert journal.read_bytes() == whole and "cut-short record" in capsys.readouterr().err
+    optuna.create_study(storage=storage, study_name="b")  # the next append starts on its own line
+    assert {s.study_name for s in open_storage(journal).get_all_studies()} == {"a", "b"}
+    journal.write_bytes(b"not json\n" + whole)  # a record no reader can parse, before good ones
+    with pytest.raises(UsageError, match="journal .* is damaged"):
+        open_storage(journal)

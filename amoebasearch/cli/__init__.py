@@ -50,7 +50,11 @@ def path_problem(err: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the verbs' parsers are built: nothing has started
+        print("amoebasearch: interrupted", file=sys.stderr)
+        return 130
     try:
         return args.run(args) or 0
     except UsageError as err:

@@ -253,6 +253,16 @@ def table_meta(
     }
 
 
+# settings a resumed run must share with the table's rows (flag names for the message)
+RESUMED_SETTINGS = {
+    "ffn_step": "--ffn-step",
+    "repeats": "--repeats",
+    "instances": "--instances",
+    "seed": "--seed",
+    "weights": "--random-weights",
+}
+
+
 def open_table(
     out_dir,
     model_name: str,
@@ -268,7 +278,7 @@ def open_table(
     (with the finished rounds of the group it was killed in, `RoundLog`)."""
     from amoebasearch.errors import UsageError
     from amoebasearch.profile.fingerprint import device_slug
-    from amoebasearch.profile.table import load_table, table_name
+    from amoebasearch.profile.table import load_table, table_name, validation_path
 
     meta = table_meta(model_name, config, runtime, device, dtype, points, settings)
     path = Path(out_dir) / f"{table_name(model_name, device_slug(meta['device']), runtime.name, dtype)}.csv"
@@ -287,6 +297,13 @@ def open_table(
                 f"{path} was measured with allocation policy '{was}', this run has '{now}': "
                 "start it with the same GLIBC_TUNABLES, or drop --resume"
             )
+        for key, flag in RESUMED_SETTINGS.items():
+            was, now = old_settings.get(key), settings.get(key)
+            if was is not None and now is not None and was != now:
+                raise UsageError(
+                    f"{path} was measured with {flag} {was}, this run has {now}: "
+                    f"resume with the same {flag}, or drop --resume"
+                )
         # keep the earlier measurement context; extend the grid if more points were asked for
         known = old_settings.get("grid", [])
         old_settings["grid"] = known + [g for g in meta["settings"]["grid"] if g not in known]
@@ -294,6 +311,7 @@ def open_table(
     table = LatencyTable.empty(meta, path)
     table.save(path)
     rounds_path(path).unlink(missing_ok=True)  # an earlier run's rounds belong to its table, not this one
+    validation_path(path).unlink(missing_ok=True)  # so is its validation: `find --margin auto` would read it
     return table
 
 

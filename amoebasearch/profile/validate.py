@@ -20,6 +20,7 @@ import pandas as pd
 from torch import nn
 
 from amoebasearch import atomic
+from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import Point, share_embeddings, stack_model
@@ -280,6 +281,26 @@ def subnet_instances(model: nn.Module, shape: Shape, ctx: Context, count: int) -
     return ctx.runtime.instances(lambda: share_embeddings(extract(model, shape), model), count)
 
 
+def check_resumed_rows(rows: list[dict[str, Any]], shapes: list[Shape], lookup: dict, out: Path) -> None:
+    """Refuse to resume from rows of other subnets (another --seed, --validate, --calibrate or
+    --ffn-step) or priced on another table (re-measured since): mixed in, they would be
+    calibrated and scored as if this run had measured them."""
+    for r in rows:
+        index = int(r["subnet"])
+        shape = shapes[index] if index < len(shapes) else None
+        same_subnet = shape is not None and (shape.depth, shape.heads, shape.ffn) == (
+            int(r["depth"]),
+            int(r["heads"]),
+            int(r["ffn"]),
+        )
+        point = lookup.get(point_key(r))
+        if not same_subnet or point is None or abs(point.raw(shape) - float(r["composed_us"])) > 0.01:
+            raise UsageError(
+                f"{out} holds subnet {index} of another validation (other --seed, --validate, --calibrate or "
+                "--ffn-step) or of an earlier table: delete it, or resume with that run's settings"
+            )
+
+
 def validate_table(
     model: nn.Module,
     table: LatencyTable,
@@ -326,6 +347,7 @@ def validate_table(
         # rows timed while the host stayed disturbed are not finished: measure them again now
         rows = read_validation(out, COLUMNS).to_dict("records")
         rebase_sentinel(rows, group)
+        check_resumed_rows(rows, shapes, lookup, out)
         rows = [r for r in rows if not disturbed(r, tolerance)]
     finished = {(r["subnet"], r["phase"], r["batch"], r["context"]) for r in rows}
     clock = timing.clock_for(ctx.device)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
@@ -13,6 +14,21 @@ import optuna
 from amoebasearch.errors import UsageError, first_line
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
+
+
+def drop_partial_record(path: Path) -> None:
+    """Cut a journal's last record if it was left without its newline (a crash or a full disk
+    mid-write). Optuna skips such a record when reading but appends the next one right after it,
+    gluing the two into a line no later run can read; the cut record was never readable anyway."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+    print(f"note: {path} ended in a cut-short record ({len(data) - keep} bytes); dropped it", file=sys.stderr)
 
 
 def open_storage(url: str | Path) -> optuna.storages.BaseStorage:
@@ -27,8 +43,16 @@ def open_storage(url: str | Path) -> optuna.storages.BaseStorage:
     path = Path(text.removeprefix("journal:"))
     if text.startswith("journal:") or path.suffix in (".journal", ".log"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.JournalStorage(backend)
+        drop_partial_record(path)
+        try:  # reads the whole log now, not halfway through a search
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            storage.get_all_studies()
+        except ValueError as err:  # json's decode errors and Optuna's "Invalid log format" both are
+            raise UsageError(
+                f"Optuna journal {path} is damaged ({first_line(err)}): move it aside to start a new one "
+                "(its cached qualities are then measured again)"
+            ) from None
+        return storage
     raise UsageError(
         f"storage {text!r} is not understood: pass postgresql://…, sqlite:///file.db or a .journal file path"
     )

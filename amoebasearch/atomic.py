@@ -51,6 +51,18 @@ def check_replaceable(path: str | Path) -> Path:
     return path
 
 
+def recover_directory(path: Path) -> None:
+    """Put back a directory that `directory` had moved aside when the process died before the
+    new one took its place (two renames apart): without this, a resumed run would find no
+    checkpoint and start over although the last one is intact beside it."""
+    if path.exists():
+        return
+    aside = sorted(path.parent.glob(f".{path.name}-old-*/{path.name}"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], path)
+        shutil.rmtree(aside[-1].parent, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def directory(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success it replaces ``path`` in one rename.
@@ -61,6 +73,7 @@ def directory(path: str | Path) -> Iterator[Path]:
     """
     path = check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield tmp

@@ -124,3 +124,31 @@ def test_no_smol_balance_and_distill_switches_run(tmp_path):
         smol, space = setup(**config)
         history = train(smol, space, dataset(), TrainConfig(steps=2, **loop), tmp_path / name, progress=False)
         assert len(history) == 2 and all(len(h) == 3 for h in history)
+
+
+def test_a_checkpoint_moved_aside_by_a_kill_mid_replace_is_resumed_from(tmp_path):
+    """`atomic.directory` moves the old checkpoint aside, then renames the new one in: a kill between
+    the two leaves no checkpoint/ but an intact one beside it, which resume puts back."""
+    smol, space = setup()
+    full = train(smol, space, dataset(), TrainConfig(steps=6, save_every=3, **LOOP), tmp_path / "a", progress=False)
+    smol, space = setup()
+    out = tmp_path / "b"
+    train(smol, space, dataset(), TrainConfig(steps=3, save_every=3, **LOOP), out, progress=False)
+    aside = out / ".checkpoint-old-x1y2"
+    aside.mkdir()
+    (out / "checkpoint").rename(aside / "checkpoint")
+    smol, space = setup()
+    rest = train(smol, space, dataset(), TrainConfig(steps=6, save_every=3, **LOOP), out, resume=True, progress=False)
+    assert rest == full[3:] and not aside.exists()
+
+
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
+    smol, space = setup()
+    train(smol, space, dataset(), TrainConfig(steps=2, save_every=2, **LOOP), tmp_path, progress=False)
+    (tmp_path / "checkpoint" / "optimizer.safetensors").write_bytes(b"\x00\x01")
+    smol, space = setup()
+    with pytest.raises(UsageError, match="checkpoint .* cannot be read"):
+        train(smol, space, dataset(), TrainConfig(steps=4, **LOOP), tmp_path, resume=True, progress=False)
+    (tmp_path / "checkpoint" / "state.json").write_text("")
+    with pytest.raises(UsageError, match="checkpoint state .* is not valid JSON"):
+        train(smol, space, dataset(), TrainConfig(steps=4, **LOOP), tmp_path, resume=True, progress=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 import time
 from collections.abc import Callable
@@ -23,15 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from amoebasearch import atomic
-from amoebasearch.errors import UsageError
+from amoebasearch.errors import UsageError, first_line
 from amoebasearch.shape import ShapeSpace
 from amoebasearch.train.distill import sandwich, subnet_losses
 from amoebasearch.train.instruct import Tokenised, collate
 from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
 from amoebasearch.train.workers import SINGLE, Workers
+from amoebasearch.userfiles import read_json_object
+
+# a checkpoint is replaced whole (`atomic.directory`), so only a hand edit or a failing disk breaks one
+BROKEN_CHECKPOINT = "delete the checkpoint folder to train from the start, or restore it"
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.csv"
@@ -121,13 +125,17 @@ def save_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Op
 
 
 def load_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    state = json.loads((directory / "state.json").read_text())
-    saved = SMoLConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    state = read_json_object(directory / "state.json", "checkpoint state", BROKEN_CHECKPOINT, ("step", "train"))
+    saved = SMoLConfig.from_dict(read_json_object(directory / CONFIG_FILE, "checkpoint SMoL config", BROKEN_CHECKPOINT))
     if saved != model.config:
         raise UsageError(f"--resume: the SMoL settings differ from the checkpoint's {saved.to_dict()}; keep them equal")
     device = str(next(model.parameters()).device)
-    model.load_adapter_state_dict(load_file(str(directory / "smol.safetensors"), device=device))
-    flat = load_file(str(directory / "optimizer.safetensors"), device=device)
+    try:
+        adapter = load_file(str(directory / "smol.safetensors"), device=device)
+        flat = load_file(str(directory / "optimizer.safetensors"), device=device)
+    except (OSError, SafetensorError) as err:
+        raise UsageError(f"checkpoint {directory} cannot be read ({first_line(err)}): {BROKEN_CHECKPOINT}") from None
+    model.load_adapter_state_dict(adapter)
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         index, name = key.split(".", 1)
@@ -188,11 +196,14 @@ def train(
     optimizer = make_optimizer(model, config)
     require_batches(len(data), config, workers)
     start = 0
+    if resume and workers.main:
+        atomic.recover_directory(checkpoint)  # killed between the two renames of a checkpoint write
+    workers.barrier()
     if resume and not (checkpoint / "state.json").is_file():
         # killed before its first checkpoint: nothing is lost by starting over, which is what resuming means then
         resume = False
     if resume:
-        saved = json.loads((checkpoint / "state.json").read_text())
+        saved = read_json_object(checkpoint / "state.json", "checkpoint state", BROKEN_CHECKPOINT, ("step", "train"))
         if not config.resumable_with(TrainConfig(**saved["train"])):
             raise UsageError(f"--resume: the settings differ from the checkpoint's {saved['train']}; keep them equal")
         start = load_checkpoint(checkpoint, model, optimizer)["step"]

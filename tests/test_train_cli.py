@@ -61,6 +61,7 @@ def test_train_then_export_merged_subnet(setup, capsys):
         assert (out / name).is_file(), name
     assert main(train_args(model, data, out, "--steps", "3", "--save-every", "1", "--resume")) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert json.loads((out / "train_config.json").read_text())["train"]["steps"] == 3  # what the run ended with
 
     exported = tmp / "subnet"
     assert (

@@ -143,6 +143,8 @@ def train_supernet(
     train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress, workers=workers)
     if workers.main:
         smol_model.save_adapter(out)
+        if resume:  # the loop settings the finished run ended with (a resume may add --steps)
+            atomic.write_json(out / "train_config.json", extra)
     workers.barrier()
     return out
 

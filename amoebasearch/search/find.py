@@ -180,22 +180,13 @@ def base_override(request: FindRequest) -> str | None:
 def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
     """(name, signature, config, plan) without loading any weights."""
     if request.supernet:
-        directory = Path(request.supernet)
-        base_file = directory / "base.json"
-        if not base_file.is_file():
-            raise UsageError(
-                f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`"
-            )
-        from amoebasearch.train.supernet import read_supernet_file
+        from amoebasearch.train.supernet import check_base_signature, read_base
 
-        base = read_supernet_file(directory, "base.json")
+        directory = Path(request.supernet)
+        base = read_base(directory)
         reference = base_override(request) or base["model"]
         config = load_config(reference)
-        if model_signature(config) != base["signature"]:
-            raise UsageError(
-                f"supernet {directory} was trained on model signature {base['signature']}, not --model "
-                f"{reference}'s {model_signature(config)}: pass the model it was trained on"
-            )
+        check_base_signature(directory, base, config)
         plan = Plan.load(directory / "plan.json", config)
         name = resolve(reference)[0]
         return name, base["signature"], config, plan

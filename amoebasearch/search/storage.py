@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,11 +23,12 @@ def drop_partial_record(path: Path) -> None:
     gluing the two into a line no later run can read; the cut record was never readable anyway."""
     if not path.is_file() or path.stat().st_size == 0:
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
     with path.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return  # the usual case: one byte read, however long the journal has grown
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
         handle.truncate(keep)
     print(f"note: {path} ended in a cut-short record ({len(data) - keep} bytes); dropped it", file=sys.stderr)
 

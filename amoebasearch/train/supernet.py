@@ -47,6 +47,23 @@ def read_supernet_file(directory: Path, name: str) -> dict[str, Any]:
     return read_json_object(directory / name, "supernet file", fix, SUPERNET_KEYS.get(name, ()))
 
 
+def read_base(directory: Path) -> dict[str, Any]:
+    """A supernet directory's ``base.json``: the model it was trained on and that model's signature."""
+    if not (directory / "base.json").is_file():
+        raise UsageError(f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`")
+    return read_supernet_file(directory, "base.json")
+
+
+def check_base_signature(directory: Path, base: dict[str, Any], config: Any) -> None:
+    """Refuse a base model (a ``--model`` override, or a moved checkpoint) the supernet was not trained on."""
+    signature = model_signature(config)
+    if signature != base["signature"]:
+        raise UsageError(
+            f"supernet {directory} was trained on model signature {base['signature']}, not {signature}: "
+            "pass the model it was trained on with --model"
+        )
+
+
 def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeSpace:
     if not all(isinstance(data[key], int) and not isinstance(data[key], bool) for key in ("ffn_step", "min_depth")):
         raise UsageError(f"the shape space's ffn_step and min_depth must be integers, not {data}: train again")
@@ -185,18 +202,11 @@ class Supernet:
 def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
     """Open a supernet directory; ``model`` overrides the recorded base reference (same signature)."""
     directory = Path(directory)
-    base_file = directory / "base.json"
-    if not base_file.is_file():
-        raise UsageError(f"{directory} is not a supernet directory (no base.json): make one with `amoebasearch train`")
+    base = read_base(directory)
     if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise UsageError(f"{directory} has no finished SMoL weights: finish it with `amoebasearch train --resume`")
-    base = read_supernet_file(directory, "base.json")
     loaded = load(model or base["model"])
-    if model_signature(loaded.model.config) != base["signature"]:
-        raise UsageError(
-            f"supernet {directory} was trained on model signature {base['signature']}, not "
-            f"{model_signature(loaded.model.config)}: pass the same --model"
-        )
+    check_base_signature(directory, base, loaded.model.config)
     plan = Plan.load(directory / "plan.json", loaded.model.config)
     space = space_from_dict(read_supernet_file(directory, "shape_space.json"), loaded.dims, plan)
     smol = SMoLModel.from_adapter(loaded.model, directory, plan.ordering)

@@ -203,10 +203,10 @@ def train(
         # killed before its first checkpoint: nothing is lost by starting over, which is what resuming means then
         resume = False
     if resume:
-        saved = read_json_object(checkpoint / "state.json", "checkpoint state", BROKEN_CHECKPOINT, ("step", "train"))
+        saved = load_checkpoint(checkpoint, model, optimizer)
         if not config.resumable_with(TrainConfig(**saved["train"])):
             raise UsageError(f"--resume: the settings differ from the checkpoint's {saved['train']}; keep them equal")
-        start = load_checkpoint(checkpoint, model, optimizer)["step"]
+        start = saved["step"]
         if workers.main:
             _truncate_log(log_path, start)
     elif log_path.exists() and workers.main:

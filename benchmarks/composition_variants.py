@@ -11,9 +11,14 @@ A diagnostic, not the published error (that is `latency_predictor.py`). Two part
    held-out subnets: the held-out share within +-5 % / +-10 % and MAPE of the shipped model
    (``scale * composed + offset``, fitted on the calibration split) and of variants that price
    a block differently, refitted on the same split: ``heads-scale`` (one block scale per query
-   head count, for a bias shared by all FFN widths of a head count), and block rows smoothed
+   head count, for a bias shared by all FFN widths of a head count), block rows smoothed
    over the widths (``bilinear`` in heads x FFN, ``heads-linear`` / ``heads-quadratic`` in FFN per
-   head count: per-width noise in the table averaged out).
+   head count: per-width noise in the table averaged out), calibrations with one more term
+   (``+depth``, ``+depth*heads``, ``+depth*ffn``: a per-block cost the rows miss, overall or
+   growing with a width), and, where another run measured the same table (same file name in
+   another folder, other rows), its rows (``other-run``) and the two runs' geometric mean
+   (``two-run-mean``): if the misses were the rows' measurement noise, a second measurement
+   would move them and the mean would shrink them.
 
     python benchmarks/composition_variants.py [--folders profiles benchmarks/results/*/]
 
@@ -76,19 +81,34 @@ def scored(group: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
     return {k: round(float(stats[k]), 4) for k in ("within_5pct", "within_10pct", "mape_pct")}
 
 
-def variants(group: pd.DataFrame, point) -> dict[str, dict[str, float]]:
+def variants(group: pd.DataFrame, point, other=None) -> dict[str, dict[str, float]]:
     """Held-out scores of each way to price ``group``'s subnets at one point (``point`` = the
-    table's uncalibrated `PointModel`)."""
+    table's uncalibrated `PointModel`; ``other`` = another run's, or None)."""
     calibration = (group["split"] == "calibration").to_numpy()
     measured = group["measured_us"].to_numpy(float)
     depth = group["depth"].to_numpy(float)
     widths = list(zip(group["heads"].astype(int), group["ffn"].astype(int), strict=True))
-    out = {}
-    for name, blocks in [("shipped", point.block_us)] + [
+    candidates = [("shipped", point.block_us)] + [
         (name, smoothed(point.block_us, design)) for name, design in SMOOTHERS.items()
-    ]:
+    ]
+    if other is not None:
+        candidates += [
+            ("other-run", other.block_us),
+            ("two-run-mean", {w: (point.block_us[w] * other.block_us[w]) ** 0.5 for w in point.block_us}),
+        ]
+    out = {}
+    for name, blocks in candidates:
         composed = point.fixed_us + depth * np.array([blocks[w] for w in widths])
         features = np.c_[composed, np.ones_like(composed)]
+        out[name] = scored(group, features @ relative_fit(features[calibration], measured[calibration]))
+    composed = point.fixed_us + depth * np.array([point.block_us[w] for w in widths])
+    heads_ffn = group[["heads", "ffn"]].to_numpy(float)
+    for name, term in [
+        ("+depth", depth),
+        ("+depth*heads", depth * heads_ffn[:, 0]),
+        ("+depth*ffn", depth * heads_ffn[:, 1]),
+    ]:
+        features = np.c_[composed, np.ones_like(composed), term]
         out[name] = scored(group, features @ relative_fit(features[calibration], measured[calibration]))
     heads = group["heads"].to_numpy(int)
     block = np.array([point.block_us[w] for w in widths])
@@ -109,6 +129,25 @@ def label(path: Path) -> str:
     return f"{path.parent.name}/{path.name.removesuffix('.validation.csv').removeprefix('smollm2-135m-')}"
 
 
+def other_runs(path: Path, files: list[Path]) -> list[dict]:
+    """Uncalibrated lookups of the tables in other folders with ``path``'s table's file name."""
+    return [
+        build_lookup(load_table(table_path(f)), calibrated=False)
+        for f in files
+        if f.name == path.name and f != path and table_path(f).is_file()
+    ]
+
+
+def differing(point, others: list[dict], key: tuple):
+    """The first other run's model of ``key`` whose block rows differ from ``point``'s (a re-measurement)."""
+    for lookup in others:
+        other = lookup.get(key)
+        if other is not None and other.block_us.keys() == point.block_us.keys():
+            if any(abs(other.block_us[w] - point.block_us[w]) > 1e-6 for w in point.block_us):
+                return other
+    return None
+
+
 def variant_rows(files: list[Path]) -> pd.DataFrame:
     """Every point of every validation file, once: a point copied or merged into another folder
     (the same measurements) is scored where it is first found."""
@@ -117,13 +156,15 @@ def variant_rows(files: list[Path]) -> pd.DataFrame:
         if not table_path(path).is_file():
             continue  # a kept earlier validation of a table that lives elsewhere (a repeat only)
         lookup = build_lookup(load_table(table_path(path)), calibrated=False)
+        others = other_runs(path, files)
         for key, group in pd.read_csv(path).groupby(POINT):
             point = lookup.get((str(key[0]), int(key[1]), int(key[2])))
             measurements = (key, tuple(group["measured_us"].round(3)))
             if point is None or (group["split"] == "heldout").sum() < 20 or measurements in seen:
                 continue
             seen.add(measurements)
-            for name, stats in variants(group.reset_index(drop=True), point).items():
+            other = differing(point, others, (str(key[0]), int(key[1]), int(key[2])))
+            for name, stats in variants(group.reset_index(drop=True), point, other).items():
                 rows.append({"validation": label(path), **dict(zip(POINT, key, strict=True)), "model": name, **stats})
     return pd.DataFrame(rows)
 

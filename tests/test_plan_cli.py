@@ -68,6 +68,33 @@ def test_resume_refuses_a_checkpoint_from_other_settings(setup, capsys):
     assert err.startswith("amoebasearch plan: error: DP checkpoint") and "data, model" in err
 
 
+def test_resume_refuses_a_checkpoint_whose_table_is_cut(setup, monkeypatch, capsys):
+    """Valid JSON with this run's key but a table missing rows: one line, not an IndexError mid-DP."""
+    checkpoint, data, tmp = setup
+    out = tmp / "plan.json"
+    real_dp = select_depth_module.dp_depth
+
+    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
+        def stop_after_row_two(partial):
+            on_row(partial)
+            if partial.rows_done == 2:
+                raise KeyboardInterrupt
+
+        return real_dp(evaluator, num_layers, max_remove, table, stop_after_row_two, **options)
+
+    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_dp)
+    assert main(plan_args(checkpoint, data, out)) == 130
+    ckpt = tmp / "plan.json.dp-checkpoint.json"
+    saved = json.loads(ckpt.read_text())
+    saved["table"]["cells"] = saved["table"]["cells"][:1]  # rows lost, rows_done still 2
+    ckpt.write_text(json.dumps(saved))
+    monkeypatch.setattr(select_depth_module, "dp_depth", real_dp)
+    capsys.readouterr()
+    assert main(plan_args(checkpoint, data, out, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"amoebasearch plan: error: DP checkpoint {ckpt} is unreadable: delete it and run without --resume"
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -62,6 +62,8 @@ def test_killed_run_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
         train(
             smol, space, dataset(), TrainConfig(steps=6, save_every=2, **LOOP), out, progress=False, on_step=kill_at_5
         )
+    with (out / "train_log.csv").open("a") as log:
+        log.write("1")  # a row cut mid-write: step 10-19's row after its first digit reads as step 1
     smol, space = setup()
     redone = []
     rest = train(

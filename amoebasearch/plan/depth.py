@@ -106,16 +106,23 @@ class DPTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DPTable:
+        """The table `to_dict` wrote; ValueError when the structure is not one it could have written
+        (a hand-edited or foreign file would otherwise fail deep inside the DP)."""
         cells = [[None if c is None else [(float(v), tuple(r)) for v, r in c] for c in row] for row in data["cells"]]
-        return cls(
-            data["num_layers"],
-            data["max_remove"],
-            data["beam"],
+        table = cls(
+            int(data["num_layers"]),
+            int(data["max_remove"]),
+            int(data["beam"]),
             cells,
-            data["rows_done"],
-            data["evaluations"],
+            int(data["rows_done"]),
+            int(data["evaluations"]),
             bool(data.get("split_ends", False)),
         )
+        shaped = len(cells) == table.num_layers + 1 and all(len(row) == table.max_remove + 1 for row in cells)
+        started = shaped and 1 <= table.rows_done <= table.num_layers + 1 and cells[0][0] is not None
+        if not started or table.beam < 1 or table.max_remove < 0:
+            raise ValueError("DP checkpoint structure does not match its layer count, --max-remove or progress")
+        return table
 
 
 def check_max_remove(num_layers: int, max_remove: int | None) -> int:

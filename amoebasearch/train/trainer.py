@@ -146,10 +146,13 @@ def load_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Op
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    """Drop log rows written after the checkpoint we resume from (they will be redone), and a last
+    row a kill cut mid-write (every row the writer finished ends in a newline)."""
     if not path.is_file():
         return
-    rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= last_step]
+    text = path.read_text()
+    finished = text[: text.rfind("\n") + 1]
+    rows = [r for r in csv.DictReader(io.StringIO(finished)) if None not in r.values() and int(r["step"]) <= last_step]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
     writer.writeheader()

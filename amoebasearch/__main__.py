@@ -1,5 +1,5 @@
 import sys
 
-from amoebasearch.cli import main
+from amoebasearch.entry import main
 
 sys.exit(main())

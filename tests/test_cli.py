@@ -102,3 +102,34 @@ def test_argparse_errors_are_one_line_with_exit_code_2(capsys):
 def test_every_verb_has_help(capsys, verb):
     code, _ = cli_exit(capsys, verb, "--help")
     assert code == 0
+
+
+def test_ctrl_c_while_the_verbs_import_is_one_line(monkeypatch, capsys):
+    """The command imports torch before `cli.main` can catch anything; `entry` covers that window."""
+    import importlib.abc
+    import sys
+
+    from amoebasearch import entry
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "amoebasearch.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "amoebasearch.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    capsys.readouterr()
+    assert entry.main(["info"]) == 130
+    assert capsys.readouterr().err == "amoebasearch: interrupted\n"
+
+
+def test_the_package_imports_without_torch_until_ordering_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, amoebasearch; assert 'torch' not in sys.modules; "
+        "amoebasearch.Ordering; assert 'torch' in sys.modules"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -24,23 +24,29 @@ def plan_args(checkpoint, data, out, *extra):
             "--max-remove", "3", "--out", str(out), *extra]  # fmt: skip
 
 
+def interrupted_after_row(row: int):
+    """`dp_depth` as if Ctrl-C came right after row ``row`` was checkpointed."""
+    real_dp = select_depth_module.dp_depth
+
+    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
+        def stop_after_the_row(partial):
+            on_row(partial)
+            if partial.rows_done == row:
+                raise KeyboardInterrupt
+
+        return real_dp(evaluator, num_layers, max_remove, table, stop_after_the_row, **options)
+
+    return interrupted_dp
+
+
 def test_interrupted_dp_resumes_to_the_same_plan(setup, monkeypatch, capsys):
     checkpoint, data, tmp = setup
     assert main(plan_args(checkpoint, data, tmp / "fresh.json")) == 0
     fresh = json.loads((tmp / "fresh.json").read_text())
 
     real_dp = select_depth_module.dp_depth
-
-    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
-        def stop_after_row_three(partial):
-            on_row(partial)
-            if partial.rows_done == 3:
-                raise KeyboardInterrupt
-
-        return real_dp(evaluator, num_layers, max_remove, table, stop_after_row_three, **options)
-
     out = tmp / "plan.json"
-    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_dp)
+    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_after_row(3))
     assert main(plan_args(checkpoint, data, out)) == 130
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     assert ckpt.is_file() and not out.exists()
@@ -73,16 +79,7 @@ def test_resume_refuses_a_checkpoint_whose_table_is_cut(setup, monkeypatch, caps
     checkpoint, data, tmp = setup
     out = tmp / "plan.json"
     real_dp = select_depth_module.dp_depth
-
-    def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
-        def stop_after_row_two(partial):
-            on_row(partial)
-            if partial.rows_done == 2:
-                raise KeyboardInterrupt
-
-        return real_dp(evaluator, num_layers, max_remove, table, stop_after_row_two, **options)
-
-    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_dp)
+    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_after_row(2))
     assert main(plan_args(checkpoint, data, out)) == 130
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     saved = json.loads(ckpt.read_text())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-INTERRUPTED = 130
+from amoebasearch.errors import INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """The one exception type that the CLI turns into a one-line message and exit code 2, and the
 one-line form of any other library error."""
 
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), whenever it comes
+
 
 class UsageError(ValueError):
     """Bad input from the user: a missing file, an invalid shape, an unsupported model.

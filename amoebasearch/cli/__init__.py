@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from amoebasearch.cli import export, find, info, plan, plot, profile, train
-from amoebasearch.errors import UsageError, first_line
+from amoebasearch.errors import INTERRUPTED, UsageError, first_line
 
 VERBS = (info, plan, train, profile, find, export, plot)
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while the verbs' parsers are built: nothing has started
         print("amoebasearch: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     try:
         return args.run(args) or 0
     except UsageError as err:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"amoebasearch {args.verb}: interrupted; finished work is kept", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

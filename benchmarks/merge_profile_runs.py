@@ -84,6 +84,8 @@ def merge(
             "points": sorted(calibration_key(*p) for p in chosen),
             "revalidated": sorted(calibration_key(*p) for p in chosen if t is secondary and p not in measured),
             "versions": t.meta.get("versions"),
+            # how its points were measured (the merged sidecar's own settings are the primary's)
+            "settings": {k: v for k, v in t.meta["settings"].items() if k != "grid"},
         }
         for t, chosen in ((primary, first), (secondary, second))
     ]

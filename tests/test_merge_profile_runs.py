@@ -91,3 +91,19 @@ def test_take_replaces_a_point_with_a_revalidation_of_the_same_rows(tmp_path):
     assert len(merged.rows) == 8  # each point's block rows once
     assert merged.meta["merged_from"][1]["revalidated"] == ["prefill/1/128"]
     assert merged.meta["settings"]["profile_seconds"] == 10.0  # the copied rows were profiled once
+
+
+def test_merged_from_records_how_each_run_measured_its_points(tmp_path):
+    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
+    secondary = run(tmp_path / "b" / "t.csv", [("decode", 8, 128)], us=20.0)
+    table = load_table(secondary)
+    table.meta["settings"]["gc"] = "cyclic garbage collector off while timing"
+    table.save(secondary)
+    out = tmp_path / "merged" / "t.csv"
+    assert main([str(primary), str(secondary), str(out)]) == 0
+    merged = load_table(out)
+    assert [entry["settings"] for entry in merged.meta["merged_from"]] == [
+        {"profile_seconds": 10.0},
+        {"profile_seconds": 10.0, "gc": "cyclic garbage collector off while timing"},
+    ]
+    assert "gc" not in merged.meta["settings"]  # the sidecar's own settings stay the primary's

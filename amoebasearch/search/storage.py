@@ -17,19 +17,33 @@ from amoebasearch.errors import UsageError, first_line
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
 
+def ends_in_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"  # one byte read, however long the journal has grown
+
+
 def drop_partial_record(path: Path) -> None:
     """Cut a journal's last record if it was left without its newline (a crash or a full disk
     mid-write). Optuna skips such a record when reading but appends the next one right after it,
-    gluing the two into a line no later run can read; the cut record was never readable anyway."""
-    if not path.is_file() or path.stat().st_size == 0:
+    gluing the two into a line no later run can read; the cut record was never readable anyway.
+
+    Another worker may be writing a record this very moment, so a missing newline is judged
+    again under the lock Optuna's writers hold while appending: only then is it a crash's remnant.
+    """
+    if not path.is_file() or path.stat().st_size == 0 or ends_in_newline(path):
         return
-    with path.open("r+b") as handle:
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) == b"\n":
-            return  # the usual case: one byte read, however long the journal has grown
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        if ends_in_newline(path):
+            return  # it was a live worker's record, now complete
         data = path.read_bytes()
         keep = data.rfind(b"\n") + 1
-        handle.truncate(keep)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+    finally:
+        lock.release()
     print(f"note: {path} ended in a cut-short record ({len(data) - keep} bytes); dropped it", file=sys.stderr)
 
 

@@ -76,6 +76,24 @@ def test_estimate_refuses_options_it_would_ignore(capsys, tiny_checkpoint):
     argv = ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--validate", "5", "--runtime", "vllm"]
     err = one_line_error(capsys, argv)
     assert "--validate would be ignored" in err
+    argv = ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--validate-instances", "6"]
+    err = one_line_error(capsys, argv)
+    assert "--validate-instances would be ignored" in err
     # --runtime is not ignored: it names the runtime the estimate models
     err = one_line_error(capsys, ["profile", "--model", str(tiny_checkpoint), "--estimate", "h100", "--runtime", "ort"])
     assert "unknown runtime 'ort'" in err
+
+
+def test_onnxruntime_times_twice_the_copies_per_validation_subnet_by_default():
+    """ONNX Runtime sessions of one program differ by where their weights land, so its validation
+    reference is the median of twice as many copies as a block row; --validate-instances overrides."""
+    import argparse
+
+    from amoebasearch.cli.profile import validation_copies
+    from amoebasearch.profile.runtimes import EagerRuntime, OnnxRuntime
+
+    args = argparse.Namespace(instances=3, validate_instances=None)
+    assert validation_copies(args, OnnxRuntime()) == 6
+    assert validation_copies(args, EagerRuntime()) == 3
+    args.validate_instances = 4
+    assert validation_copies(args, OnnxRuntime()) == validation_copies(args, EagerRuntime()) == 4

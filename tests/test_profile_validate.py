@@ -75,16 +75,20 @@ def test_profile_and_validate_tiny_end_to_end(tmp_path):
             "20",
             "--pause",
             "0",
+            "--instances",
+            "2",
+            "--validate-instances",
+            "3",
         ]
     )
     assert code == 0
     validation = pd.read_csv(next((tmp_path / "p").glob("*.validation.csv")))
     assert len(validation) == 12 and set(validation["split"]) == {"calibration", "heldout"}
     assert (validation["measured_us"] > 0).all()
-    # every subnet and block width is the median of three independently allocated instances
+    # every block width is the median of two independently allocated instances, every subnet of three
     assert (validation["instances"] == 3).all() and (validation["instance_spread"] >= 1).all()
     sidecar = json.loads(next((tmp_path / "p").glob("*float32.json")).read_text())
-    assert sidecar["settings"]["instances"] == 3 and "malloc" in sidecar["settings"] and "gc" in sidecar["settings"]
+    assert sidecar["settings"]["instances"] == 2 and "malloc" in sidecar["settings"] and "gc" in sidecar["settings"]
 
 
 class ScriptedClock:
@@ -353,3 +357,23 @@ def test_resume_refuses_rows_of_other_subnets_or_another_table(tmp_path, monkeyp
     table._lookup = None
     with pytest.raises(UsageError, match="of an earlier table"):
         validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True)
+
+
+def test_resume_refuses_subnets_timed_as_another_number_of_copies(tmp_path, monkeypatch):
+    """Rows timed as two copies each are not mixed with rows of three (--validate-instances)."""
+    from amoebasearch.errors import UsageError
+    from amoebasearch.profile import validate
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.runtimes import get_runtime
+
+    model, point, table = flat_table(tmp_path)
+    ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
+    calls = []
+    monkeypatch.setattr(validate, "measure_group", scripted_group({}, calls, []))
+    frame, _ = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2)
+    assert (frame["instances"] == 2).all()
+    with pytest.raises(UsageError, match="timed as 2 copies each, not 3: resume with --validate-instances 2"):
+        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=3, resume=True)
+    done = len(calls)
+    validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2, resume=True)
+    assert len(calls) == done, "every row was finished: nothing is measured again"

@@ -79,6 +79,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "a latency is their median (default 3)",
     )
     parser.add_argument(
+        "--validate-instances",
+        type=positive_int,
+        metavar="N",
+        help="copies timed per validation subnet (default: --instances, twice that for onnxruntime, whose "
+        "sessions of one program differ by 4-8 %%): more copies make the reference latency steadier",
+    )
+    parser.add_argument(
         "--pause",
         type=non_negative_float,
         default=10.0,
@@ -100,7 +107,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 # options that only mean something when timing on this machine; --estimate refuses them rather than ignore them
 # (not --runtime: with --estimate it names the runtime whose launch costs the estimate models)
 MEASURING_ONLY = (
-    "device", "validate", "calibrate", "resume", "threads", "instances", "pause", "repeats", "random_weights"
+    "device", "validate", "calibrate", "resume", "threads", "instances", "validate_instances", "pause", "repeats",
+    "random_weights",
 )  # fmt: skip
 
 
@@ -219,7 +227,7 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 seed=args.seed,
                 ffn_step=args.ffn_step,
                 repeats=args.repeats,
-                instances=args.instances,
+                instances=validation_copies(args, runtime),
                 resume=args.resume,
                 pause_s=args.pause,
                 progress=redrawn(bar),
@@ -231,6 +239,11 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 f"within 5% {r['within_5pct']:.0%}, within 10% {r['within_10pct']:.0%}, MAPE {r['mape_pct']:.2f}%"
             )
     return 0
+
+
+def validation_copies(args: argparse.Namespace, runtime) -> int:
+    """Copies timed per validation subnet: ``--validate-instances``, else the runtime's share of ``--instances``."""
+    return args.validate_instances or args.instances * runtime.validation_copies_factor
 
 
 def run_estimate(args: argparse.Namespace) -> int:

@@ -40,6 +40,10 @@ class Runtime:
     #: the runtime copies a module's weights into memory of its own (so two programs of one module
     #: are two independent allocations); PyTorch runtimes run on the module's own tensors
     copies_weights = False
+    #: independently allocated copies timed per validation subnet, per ``--instances`` copy of a block
+    #: row: where copies of one program differ by where their weights land, a validation subnet's
+    #: reference latency needs more of them than a block row, which its every subnet shares
+    validation_copies_factor = 1
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         """Raise `UsageError` if this runtime cannot run on ``device`` in ``dtype``."""
@@ -247,6 +251,9 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     opset = 17
     copies_weights = True
+    # on the 2-core EPYC, 3 copies per decode subnet left 90-94 % of held-out subnets within +-5 %
+    # (the reference's own noise: benchmarks/validation_noise.py); 6 copies gave 98 % (stop 27)
+    validation_copies_factor = 2
 
     def __init__(self) -> None:
         self.providers: list[str] = []

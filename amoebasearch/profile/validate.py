@@ -85,8 +85,9 @@ def fit_calibration(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Share within +-5 % and +-10 % and MAPE per point, over the held-out rows (and the MAPE of
-    the plain composition before calibration, to show what calibration buys, and the median
-    spread between a subnet's instances, to show what one allocation alone can move)."""
+    the plain composition before calibration, to show what calibration buys, and how many copies
+    of each subnet were timed and the median spread between them, to show what one allocation
+    alone can move)."""
     held = rows[rows["split"] == "heldout"]
     out = []
     for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
@@ -102,7 +103,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                 "within_10pct": float((err <= 10).mean()),
                 "mape_pct": float(err.mean()),
                 "uncalibrated_mape_pct": float(uncalibrated.mean()),
-                # how far apart independently allocated copies of one subnet ran (1.0 = one copy)
+                # how many independently allocated copies of each subnet were timed, and how far apart they ran
+                "copies_per_subnet": float(group.get("instances", pd.Series([1.0])).fillna(1.0).median()),
                 "instance_spread_median": float(group.get("instance_spread", pd.Series([1.0])).fillna(1.0).median()),
                 # subnets timed while the host stayed off (rerun `--resume` on a calm host to redo them)
                 "disturbed": int(sum(disturbed(r) for r in group.to_dict("records"))),
@@ -281,11 +283,20 @@ def subnet_instances(model: nn.Module, shape: Shape, ctx: Context, count: int) -
     return ctx.runtime.instances(lambda: share_embeddings(extract(model, shape), model), count)
 
 
-def check_resumed_rows(rows: list[dict[str, Any]], shapes: list[Shape], lookup: dict, out: Path) -> None:
+def check_resumed_rows(
+    rows: list[dict[str, Any]], shapes: list[Shape], lookup: dict, out: Path, instances: int
+) -> None:
     """Refuse to resume from rows of other subnets (another --seed, --validate, --calibrate or
-    --ffn-step) or priced on another table (re-measured since): mixed in, they would be
-    calibrated and scored as if this run had measured them."""
+    --ffn-step), priced on another table (re-measured since) or timed as another number of copies
+    (--validate-instances): mixed in, they would be calibrated and scored as if this run had
+    measured them."""
     for r in rows:
+        timed_as = r.get("instances")
+        if timed_as is not None and pd.notna(timed_as) and int(timed_as) != instances:
+            raise UsageError(
+                f"{out} holds subnets timed as {int(timed_as)} copies each, not {instances}: "
+                f"resume with --validate-instances {int(timed_as)}, or delete it"
+            )
         index = int(r["subnet"])
         shape = shapes[index] if index < len(shapes) else None
         same_subnet = shape is not None and (shape.depth, shape.heads, shape.ffn) == (
@@ -347,7 +358,7 @@ def validate_table(
         # rows timed while the host stayed disturbed are not finished: measure them again now
         rows = read_validation(out, COLUMNS).to_dict("records")
         rebase_sentinel(rows, group)
-        check_resumed_rows(rows, shapes, lookup, out)
+        check_resumed_rows(rows, shapes, lookup, out, instances)
         rows = [r for r in rows if not disturbed(r, tolerance)]
     finished = {(r["subnet"], r["phase"], r["batch"], r["context"]) for r in rows}
     clock = timing.clock_for(ctx.device)

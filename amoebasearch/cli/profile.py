@@ -75,8 +75,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--instances",
         type=positive_int,
         default=3,
-        help="independently allocated copies timed per block width and per validation subnet; "
-        "a latency is their median (default 3)",
+        help="independently allocated copies timed per block width (and per validation subnet, see "
+        "--validate-instances); a latency is their median (default 3)",
     )
     parser.add_argument(
         "--validate-instances",

@@ -29,7 +29,8 @@ def drop_partial_record(path: Path) -> None:
     gluing the two into a line no later run can read; the cut record was never readable anyway.
 
     Another worker may be writing a record this very moment, so a missing newline is judged
-    again under the lock Optuna's writers hold while appending: only then is it a crash's remnant.
+    again under the lock Optuna's writers hold while appending: only then is it a crash's remnant
+    (a crashed writer's lock is taken over after Optuna's grace period, 30 s).
     """
     if not path.is_file() or path.stat().st_size == 0 or ends_in_newline(path):
         return

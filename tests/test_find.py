@@ -123,6 +123,10 @@ def test_verify_measures_the_chosen_subnet(setup, tmp_path, capsys):
     assert verify["p10_ms"] <= verify["measured_ms"] <= verify["p90_ms"]
     rounds = verify["round_medians_ms"]  # repeated rounds; the quietest one is reported
     assert 1 <= len(rounds) <= 3 and verify["measured_ms"] == min(rounds)
+    # measured under the allocation policy its table was measured with
+    table = json.loads(setup[2].with_suffix(".json").read_text())
+    recorded = table["settings"].get("malloc", "default")
+    assert verify["malloc"].startswith(recorded.split(";")[0])
 
 
 def choice_file(path, count=12):

@@ -156,3 +156,11 @@ def test_huge_pages_are_named_in_the_allocation_policy_only_when_glibc_is_asked_
     assert timing.huge_page_policy({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=1"}) == ""
     both = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=1:glibc.malloc.hugetlb=1"}
     assert timing.huge_page_policy(both) == "; huge pages (glibc.malloc.hugetlb=1)"
+
+
+def test_a_table_s_allocation_policy_is_taken_before_measuring_against_it():
+    """find --verify measures under the policy the table records (settings.malloc), or changes nothing."""
+    assert timing.same_malloc_policy(None).startswith("default")
+    assert timing.same_malloc_policy("default").startswith("default")
+    taken = timing.same_malloc_policy("glibc mmap/trim thresholds fixed at 131072 bytes")
+    assert taken.startswith("glibc mmap/trim thresholds fixed at 131072 bytes") or taken.startswith("default")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -234,7 +235,9 @@ def fix_malloc_thresholds(threshold: int = 128 * 1024) -> str:
     models have come and gone, new weights land in the recycled heap instead of fresh mappings,
     and how fast they run depends on the process's history. Measured on this CPU: a freshly
     built ONNX Runtime session against one built at start varied by sd 2.1 % across groups with
-    the default, 1.2 % with fixed thresholds. Not reversible, so the CLI calls it, not the library.
+    the default, 1.2 % with fixed thresholds. Not reversible, so it is called only where a
+    measurement must match a table: by `profile` before anything allocates, and by `find --verify`
+    after its search (`same_malloc_policy`).
     Returns the allocation policy now in force (recorded in a table's settings), including
     whether glibc backs large allocations with transparent huge pages, which only the
     environment can ask for before the process starts (`huge_page_policy`).
@@ -254,6 +257,16 @@ def fix_malloc_thresholds(threshold: int = 128 * 1024) -> str:
     fixed = mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, threshold)
     policy = f"glibc mmap/trim thresholds fixed at {threshold} bytes" if fixed else "default"
     return policy + huge_page_policy(os.environ)  # glibc honours the tunable either way
+
+
+def same_malloc_policy(recorded: str | None) -> str:
+    """Give this process the allocation policy a table records (``settings.malloc``) before a
+    program is measured against the table: fixed glibc thresholds if the table had them. Returns
+    the policy now in force; a table without fixed thresholds changes nothing."""
+    fixed = re.search(r"thresholds fixed at (\d+) bytes", recorded or "")
+    if fixed is None:
+        return "default" + huge_page_policy(os.environ)
+    return fix_malloc_thresholds(int(fixed.group(1)))
 
 
 def huge_page_policy(environ: Mapping[str, str]) -> str:

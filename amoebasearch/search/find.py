@@ -340,6 +340,11 @@ def verify(
     subnet is measured in up to ``rounds`` rounds of ``repeats`` calls, stopping once two round
     medians agree within ``agree``; the reported figure is the lowest round median, the machine's
     undisturbed speed, which is how the table's rows were measured too. Every round is reported.
+
+    The process takes the table's allocation policy first (`timing.same_malloc_policy`), so the
+    subnet is measured as the table's rows were: where weights land changes a program's speed
+    (`benchmarks/malloc_policy.py` measures the policy's effect; on the noisy 2-core VM of stop 27
+    it could not be told from the host's drift).
     """
     import torch
 
@@ -355,6 +360,7 @@ def verify(
     dtype = getattr(torch, meta.get("dtype", "float32"))
     threads = int(meta.get("settings", {}).get("threads") or torch.get_num_threads())
     measured_rounds = []
+    malloc = timing.same_malloc_policy(meta.get("settings", {}).get("malloc"))
     with timing.measurement_threads(device, threads):
         runtime = get_runtime(meta["runtime"]["name"], device, dtype)
         context = Context(runtime, device, dtype, seed=0)
@@ -375,6 +381,7 @@ def verify(
         "p90_ms": round(stats.p90_us / 1000.0, 4),
         "repeats": repeats,
         "round_medians_ms": [round(r.median_us / 1000.0, 4) for r in measured_rounds],
+        "malloc": malloc,
     }
 
 

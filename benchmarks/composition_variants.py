@@ -81,6 +81,17 @@ def scored(group: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
     return {k: round(float(stats[k]), 4) for k in ("within_5pct", "within_10pct", "mape_pct")}
 
 
+def composed_scores(group: pd.DataFrame, fixed_us: float, blocks: dict[tuple[int, int], float]) -> dict[str, float]:
+    """Held-out scores of pricing ``group``'s subnets as ``fixed_us + depth x blocks[width]``, with
+    the shipped calibration (scale and offset) refitted on the group's calibration split."""
+    calibration = (group["split"] == "calibration").to_numpy()
+    widths = zip(group["heads"].astype(int), group["ffn"].astype(int), strict=True)
+    composed = fixed_us + group["depth"].to_numpy(float) * np.array([blocks[w] for w in widths])
+    features = np.c_[composed, np.ones_like(composed)]
+    measured = group["measured_us"].to_numpy(float)
+    return scored(group, features @ relative_fit(features[calibration], measured[calibration]))
+
+
 def variants(group: pd.DataFrame, point, other=None) -> dict[str, dict[str, float]]:
     """Held-out scores of each way to price ``group``'s subnets at one point (``point`` = the
     table's uncalibrated `PointModel`; ``other`` = another run's, or None)."""
@@ -96,11 +107,7 @@ def variants(group: pd.DataFrame, point, other=None) -> dict[str, dict[str, floa
             ("other-run", other.block_us),
             ("two-run-mean", {w: (point.block_us[w] * other.block_us[w]) ** 0.5 for w in point.block_us}),
         ]
-    out = {}
-    for name, blocks in candidates:
-        composed = point.fixed_us + depth * np.array([blocks[w] for w in widths])
-        features = np.c_[composed, np.ones_like(composed)]
-        out[name] = scored(group, features @ relative_fit(features[calibration], measured[calibration]))
+    out = {name: composed_scores(group, point.fixed_us, blocks) for name, blocks in candidates}
     composed = point.fixed_us + depth * np.array([point.block_us[w] for w in widths])
     heads_ffn = group[["heads", "ffn"]].to_numpy(float)
     for name, term in [

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ def measure(runtime_name: str, shapes: list[tuple[int, int, int]], copies: int, 
 
     rows = []
     with timing.measurement_threads("cpu", 1):
-        policy = timing.fix_malloc_thresholds() if fixed else "default" + timing.huge_page_policy(os.environ)
+        policy = timing.fix_malloc_thresholds() if fixed else timing.same_malloc_policy(None)  # glibc's own
         model = load("smollm2-135m", dtype=torch.float32).model
         runtime = get_runtime(runtime_name, "cpu", torch.float32)
         ctx = Context(runtime, "cpu", torch.float32)

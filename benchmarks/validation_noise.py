@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from composition_variants import relative_fit, scored  # noqa: E402
+from composition_variants import composed_scores  # noqa: E402
 
 from amoebasearch.profile.predict import build_lookup  # noqa: E402
 from amoebasearch.profile.table import load_table  # noqa: E402
@@ -55,16 +55,6 @@ def pooled(runs: dict[str, pd.DataFrame], names: tuple[str, ...]) -> pd.DataFram
     return first.assign(measured_us=np.exp(logs))
 
 
-def score_table(table: Path, group: pd.DataFrame, point: tuple[str, int, int]) -> dict[str, float]:
-    model = build_lookup(load_table(table), calibrated=False)[point]
-    widths = zip(group["heads"].astype(int), group["ffn"].astype(int), strict=True)
-    composed = model.fixed_us + group["depth"].to_numpy(float) * np.array([model.block_us[w] for w in widths])
-    features = np.c_[composed, np.ones_like(composed)]
-    calibration = (group["split"] == "calibration").to_numpy()
-    fit = relative_fit(features[calibration], group["measured_us"].to_numpy(float)[calibration])
-    return scored(group, features @ fit)
-
-
 def label(path: Path) -> str:
     """The run's folder (a table or validation beside others of the same name), or folder/stem for a kept copy."""
     stem = path.name.split(".")[0]
@@ -82,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     point = (phase, int(batch), int(context))
 
     runs = {label(p): point_rows(p, point) for p in args.validations}
+    models = {label(t): build_lookup(load_table(t), calibrated=False)[point] for t in args.tables}
     pools = [names for size in range(1, len(runs) + 1) for names in itertools.combinations(runs, size)]
     rows = []
     for names in pools:
         group = pooled(runs, names)
         copies = int(sum(runs[n]["instances"].median() for n in names))
-        for table in args.tables:
+        for table, model in models.items():
             rows.append(
-                {"table": label(table), "validations": " + ".join(names), "runs": len(names), "copies": copies}
-                | score_table(table, group, point)
+                {"table": table, "validations": " + ".join(names), "runs": len(names), "copies": copies}
+                | composed_scores(group, model.fixed_us, model.block_us)
             )
     frame = pd.DataFrame(rows)
     out = RESULTS / f"validation_noise{args.tag}.csv"

@@ -9,6 +9,8 @@ baselines (ShortGPT block influence, drop-last) are depth-only curves at full wi
 on the same held-out chunks after selecting layers on the same calibration chunks.
 
 Usage: python benchmarks/pareto_fronts.py --plan benchmarks/results/plan-dp-importance-512tok.json
+       python benchmarks/pareto_fronts.py --qualities benchmarks/results/shape_qualities.csv
+(the second re-draws the fronts from qualities already measured, e.g. after the shipped tables changed)
 Writes benchmarks/results/shape_qualities.csv (the qualities CSV of `amoebasearch.fronts`),
 pareto_fronts.csv/.png (per device), pareto_selection.csv/.png (CPU eager table) and
 latency_table-cpu-eager.png.
@@ -48,13 +50,26 @@ BASELINES = ("bi", "last")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plan", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--plan", help="evaluate every shape of this plan (and the baselines)")
+    source.add_argument("--qualities", help="re-draw from a shape_qualities.csv this script wrote")
     parser.add_argument("--profiles", default="profiles")
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--cache", default="build/search_quality.journal")
     parser.add_argument("--phase", default="decode")
     args = parser.parse_args()
 
+    if args.qualities:
+        frame = fronts.read_qualities(args.qualities)
+    else:
+        frame = evaluate_qualities(args)
+        RESULTS.mkdir(exist_ok=True)
+        fronts.write_qualities(frame, RESULTS / "shape_qualities.csv")
+    draw(frame, args)
+
+
+def evaluate_qualities(args: argparse.Namespace) -> pd.DataFrame:
+    """Held-out perplexity of every shape of the plan and of the baselines' full-width depths."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     loaded = load("smollm2-135m")
     config, dims = loaded.model.config, loaded.dims
@@ -82,10 +97,11 @@ def main() -> None:
         full_width = [baseline.shape(d, dims.num_heads, dims.ffn) for d in baseline.depths]
         rows = [(s, cache.quality(s, evaluate)) for s in tqdm(full_width, desc=f"{method} depths")]
         frames.append(fronts.qualities_frame(rows, method, "ppl", "smollm2-135m", signature))
-    frame = pd.concat(frames, ignore_index=True)
-    RESULTS.mkdir(exist_ok=True)
-    fronts.write_qualities(frame, RESULTS / "shape_qualities.csv")
+    return pd.concat(frames, ignore_index=True)
 
+
+def draw(frame: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Per-device fronts on every table in ``--profiles`` and the selection fronts on this CPU's."""
     point = (args.phase, 1, 128)
     tables = fronts.tables_for(frame, args.profiles, *point)
     by_device = fronts.device_fronts(frame, tables, *point)
@@ -121,7 +137,7 @@ def main() -> None:
         ]
     )
     print(summary.to_string(index=False, float_format="%.3f"))
-    print(f"{len(frame)} evaluated shapes; wrote {RESULTS}/shape_qualities.csv, pareto_*.csv/png")
+    print(f"{len(frame)} shapes with a quality; wrote {RESULTS}/pareto_*.csv/png")
 
 
 if __name__ == "__main__":

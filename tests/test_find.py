@@ -255,9 +255,11 @@ def test_find_searches_under_the_validated_margin(setup, tmp_path, capsys):
     validation_file(table_path, [0.10] * 20)  # every held-out subnet ran 10 % over its prediction
     capsys.readouterr()
     assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "6")) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
     assert report["margin_pct"] == pytest.approx(10.0) and report["search_budget_ms"] == pytest.approx(3 / 1.1)
     assert report["best"]["latency_ms"] * 1.1 <= 3.0 and "validation" in report["margin_source"]
+    assert "miss the accuracy bar" in printed.err  # 20 subnets, all 10 % over: the user is told
     assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "6", "--margin", "0")) == 0
     whole = json.loads(capsys.readouterr().out)
     assert whole["margin_pct"] == 0 and whole["search_budget_ms"] == 3.0 and whole["study"] != report["study"]

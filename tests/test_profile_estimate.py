@@ -154,6 +154,30 @@ def test_estimate_verb_fits_on_a_measured_cpu_table(tmp_path, tiny_checkpoint):
     assert (gpu.rows["source"] == "estimated").all() and gpu.estimated
 
 
+def test_an_estimate_fits_on_measured_tables_kept_outside_its_folder(tmp_path, tiny_checkpoint, capsys):
+    """--fit-on: an estimate written to profiles/ learns from a measurement kept elsewhere (a table
+    not shipped because its validation missed the bar), and says where it came from."""
+    from amoebasearch.cli import main
+    from amoebasearch.profile import load_table
+
+    kept, out = tmp_path / "kept", tmp_path / "profiles"
+    model = ["profile", "--model", str(tiny_checkpoint), "--context", "8"]
+    assert main([*model, "--out", str(kept)]) == 0
+    out.mkdir()
+    assert main([*model, "--out", str(out), "--estimate", "cpu-1t", "--fit-on", str(kept)]) == 0
+    estimate = load_table(next(out.glob("*cpu-amd-epyc-1t-roofline-float32.csv")))
+    measured = next(kept.glob("*.csv"))
+    assert estimate.meta["efficiency_source"] == "fitted" and estimate.meta["calibrated_on"] == [str(measured)]
+    assert estimate.meta["overhead_from"] == str(measured)
+    capsys.readouterr()
+    assert main([*model, "--out", str(out), "--estimate", "cpu-1t"]) == 2  # profiles/ alone holds no measurement
+    assert "no measured cpu table" in capsys.readouterr().err
+    assert main([*model, "--out", str(out), "--estimate", "cpu-1t", "--fit-on", str(tmp_path / "nope")]) == 2
+    assert "--fit-on folder" in capsys.readouterr().err
+    assert main([*model, "--out", str(out), "--fit-on", str(kept)]) == 2  # measuring is not fitted on anything
+    assert "use it with --estimate" in capsys.readouterr().err
+
+
 def test_launches_overlap_work_only_where_the_host_launches_asynchronously():
     """Per kernel group: the larger of work and launches on a GPU launched from the host, their sum
     on a CPU or in a replayed graph (hand-computed on a made-up device: 1 TFLOP/s, 1 TB/s)."""

@@ -32,7 +32,7 @@ def test_summary_counts_only_held_out_rows():
             "phase": "prefill",
             "batch": 1,
             "context": 128,
-            "error_pct": [50.0, 1.0, -4.0, 7.0, -20.0],
+            "predicted_us": [150.0, 101.0, 96.0, 107.0, 80.0],  # errors of 50, 1, -4, 7 and -20 %
             "measured_us": 100.0,
             "composed_us": [150.0, 102.0, 92.0, 114.0, 60.0],  # before calibration: twice the error
         }
@@ -49,7 +49,7 @@ def test_shapes_are_seeded():
     assert sample_shapes(dims, 5, seed=3) != sample_shapes(dims, 5, seed=4)
 
 
-def test_profile_and_validate_tiny_end_to_end(tmp_path):
+def test_profile_and_validate_tiny_end_to_end(tmp_path, capsys):
     from conftest import tiny_model
 
     from amoebasearch.cli import main
@@ -82,6 +82,8 @@ def test_profile_and_validate_tiny_end_to_end(tmp_path):
         ]
     )
     assert code == 0
+    # the closing summary judges every point against the bar: 3 held-out subnets can never meet it
+    assert "misses the bar: 3 held-out subnets (bar 50)" in capsys.readouterr().out
     validation = pd.read_csv(next((tmp_path / "p").glob("*.validation.csv")))
     assert len(validation) == 12 and set(validation["split"]) == {"calibration", "heldout"}
     assert (validation["measured_us"] > 0).all()

@@ -69,6 +69,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         metavar="DEVICE",
         help="write an estimated table: a5000, a100, h100, h200, l4, rtx4090, orin (or cpu-1t to check the estimator)",
     )
+    parser.add_argument(
+        "--fit-on",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="with --estimate: folders of measured tables to fit the estimate on (default: --out)",
+    )
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default 1 on CPU, recorded)")
     parser.add_argument("--repeats", type=positive_int, default=21, help="timed repeats per program (>= 20)")
     parser.add_argument(
@@ -152,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--estimate times nothing, so {', '.join(given)} would be ignored: drop it or drop --estimate"
             )
         return run_estimate(args)
+    if args.fit_on:
+        raise UsageError("--fit-on names the tables an estimate is fitted on: use it with --estimate DEVICE")
     from amoebasearch.profile import profiler
     from amoebasearch.profile.timing import measurement_threads
 
@@ -233,10 +242,15 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
                 progress=redrawn(bar),
                 report=bar.set_postfix_str,
             )
+        from amoebasearch.profile.accuracy import BAR
+
         for r in stats.to_dict("records"):
+            shortfalls = BAR.shortfalls(r)
+            verdict = f"misses the bar: {'; '.join(shortfalls)}" if shortfalls else "meets the bar"
             print(
                 f"{r['phase']:>7} batch {r['batch']} context {r['context']}: n={r['n']} "
-                f"within 5% {r['within_5pct']:.0%}, within 10% {r['within_10pct']:.0%}, MAPE {r['mape_pct']:.2f}%"
+                f"within 5% {r['within_5pct']:.0%}, within 10% {r['within_10pct']:.0%}, MAPE {r['mape_pct']:.2f}% "
+                f"({verdict})"
             )
     return 0
 
@@ -252,6 +266,9 @@ def run_estimate(args: argparse.Namespace) -> int:
 
     if args.runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {args.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    missing = [str(folder) for folder in args.fit_on or () if not folder.is_dir()]
+    if missing:
+        raise UsageError(f"--fit-on folder {missing[0]} does not exist: name folders that hold measured tables")
 
     path, error = estimate.estimate_to_file(
         args.estimate,
@@ -263,6 +280,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         args.dtype,
         args.ffn_step,
         args.runtime,
+        args.fit_on,
     )
     print(f"estimated table for {args.estimate} -> {path}")
     if error:

@@ -16,6 +16,7 @@ per group. Rows carry ``source=estimated``; replace them by running ``profile`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -374,9 +375,10 @@ def estimate_table(
     return LatencyTable(pd.DataFrame(rows, columns=list(COLUMNS)), meta)
 
 
-def measured_tables(folder: Path, signature: str, runtime: str = "eager") -> list[LatencyTable]:
-    """Measured ``runtime`` tables for this model in ``folder`` (the calibration set of the estimator)."""
-    tables = [load_table(path, signature) for path in candidate_tables(folder, signature)]
+def measured_tables(folders: Sequence[Path], signature: str, runtime: str = "eager") -> list[LatencyTable]:
+    """Measured ``runtime`` tables for this model in ``folders`` (the calibration set of the estimator)."""
+    paths = [path for folder in folders for path in candidate_tables(folder, signature)]
+    tables = [load_table(path, signature) for path in paths]
     return [t for t in tables if t.meta.get("source") == "measured" and t.meta["runtime"].get("name") == runtime]
 
 
@@ -428,9 +430,22 @@ def graph_work(graphs: list[LatencyTable], prior: Efficiency | None) -> Efficien
 
 
 def estimate_to_file(
-    device, model, out_dir: Path, phases, batches, contexts, dtype, ffn_step, runtime: str = "eager"
+    device,
+    model,
+    out_dir: Path,
+    phases,
+    batches,
+    contexts,
+    dtype,
+    ffn_step,
+    runtime: str = "eager",
+    fit_on: Sequence[Path] | None = None,
 ) -> tuple[Path, str]:
-    """`amoebasearch profile --estimate DEVICE [--runtime R]`: fit on measured R tables, write the estimate.
+    """`amoebasearch profile --estimate DEVICE [--runtime R] [--fit-on FOLDER ...]`: fit on the measured R
+    tables in ``fit_on`` (default: ``out_dir``), write the estimate to ``out_dir``.
+
+    ``fit_on`` lets an estimate keep learning from a measurement that is not shipped beside it
+    (a table whose validation missed the bar, kept under benchmarks/results/).
 
     The efficiencies and per-kernel cost are a runtime's as much as a device's: eager pays the
     host's dispatch per kernel (~19 us on the lent H100), a replayed CUDA graph only the GPU's own
@@ -445,16 +460,18 @@ def estimate_to_file(
     signature = model_signature(config)
     dims = ModelDims.from_config(config)
     dtype = dtype or spec.default_dtype
-    calibration = [t for t in measured_tables(out_dir, signature, runtime) if table_kind(t) == spec.kind]
+    fit_dirs = [Path(folder) for folder in fit_on] if fit_on else [Path(out_dir)]
+    where = ", ".join(folder_label(folder) for folder in fit_dirs)
+    calibration = [t for t in measured_tables(fit_dirs, signature, runtime) if table_kind(t) == spec.kind]
     if spec.kind == "cpu":  # a CPU sheet is one chip's core: its own tables first, else any CPU's
         calibration = [t for t in calibration if describes(spec, t.meta["device"])] or calibration
     if not calibration and runtime != "eager":
         raise UsageError(
-            f"no measured {runtime} table of a {spec.kind} for {name} in {out_dir}: run "
+            f"no measured {runtime} table of a {spec.kind} for {name} in {where}: run "
             f"`amoebasearch profile --runtime {runtime}` on one first, or drop --runtime to estimate eager"
         )
     overlap = overlaps_launches(spec.kind, runtime)
-    graphs = measured_tables(out_dir, signature, "cudagraph") if overlap else []
+    graphs = measured_tables(fit_dirs, signature, "cudagraph") if overlap else []
     work = graph_work(graphs, DEFAULT_EFFICIENCY.get(spec.kind)) if graphs else None
     if calibration:
         specs = [spec_for_table(t) for t in calibration]
@@ -464,16 +481,16 @@ def estimate_to_file(
         eff = DEFAULT_EFFICIENCY[spec.kind]
         if work is not None:
             eff = Efficiency(work.compute, work.memory, eff.kernel_us, overlap)
-        note = f"no measured {spec.kind} table for {name} in {out_dir}: default {spec.kind} launch cost used"
+        note = f"no measured {spec.kind} table for {name} in {where}: default {spec.kind} launch cost used"
     else:
-        raise UsageError(f"no measured {spec.kind} table for {name} in {out_dir}: run `amoebasearch profile` first")
-    # the per-call overhead is host-side Python glue: take it from any measured table of this model
-    hosts = calibration or measured_tables(out_dir, signature, runtime)
-    if not hosts:
         raise UsageError(
-            f"no measured table for {name} in {folder_label(Path(out_dir))}: "
-            "run `amoebasearch profile` once on this host"
+            f"no measured {spec.kind} table for {name} in {where}: run `amoebasearch profile` first, "
+            "or name a folder of measured tables with --fit-on"
         )
+    # the per-call overhead is host-side Python glue: take it from any measured table of this model
+    hosts = calibration or measured_tables(fit_dirs, signature, runtime)
+    if not hosts:
+        raise UsageError(f"no measured table for {name} in {where}: run `amoebasearch profile` once on this host")
     overhead = {}
     for r in hosts[0].rows[hosts[0].rows["block"] == "overhead"].itertuples():
         overhead[(r.phase, int(r.batch), int(r.context))] = float(r.median_us)

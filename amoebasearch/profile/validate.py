@@ -23,6 +23,7 @@ from amoebasearch import atomic
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
 from amoebasearch.profile import timing
+from amoebasearch.profile.accuracy import accuracy
 from amoebasearch.profile.blocks import Point, share_embeddings, stack_model
 from amoebasearch.profile.predict import build_lookup, calibration_key
 from amoebasearch.profile.programs import Context, model_program
@@ -91,18 +92,13 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     held = rows[rows["split"] == "heldout"]
     out = []
     for (phase, batch, context), group in held.groupby(["phase", "batch", "context"]):
-        err = group["error_pct"].abs()
-        uncalibrated = ((group["composed_us"] - group["measured_us"]) / group["measured_us"] * 100).abs()
         out.append(
             {
                 "phase": phase,
                 "batch": int(batch),
                 "context": int(context),
-                "n": len(group),
-                "within_5pct": float((err <= 5).mean()),
-                "within_10pct": float((err <= 10).mean()),
-                "mape_pct": float(err.mean()),
-                "uncalibrated_mape_pct": float(uncalibrated.mean()),
+                **accuracy(group),
+                "uncalibrated_mape_pct": accuracy(group.assign(predicted_us=group["composed_us"]))["mape_pct"],
                 # how many independently allocated copies of each subnet were timed, and how far apart they ran
                 "copies_per_subnet": float(group.get("instances", pd.Series([1.0])).fillna(1.0).median()),
                 "instance_spread_median": float(group.get("instance_spread", pd.Series([1.0])).fillna(1.0).median()),

@@ -18,6 +18,7 @@ from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
 from amoebasearch.models import DEFAULT_MODEL, load, load_config, model_signature, resolve
 from amoebasearch.planfile import Plan
+from amoebasearch.profile.accuracy import validation_warning
 from amoebasearch.profile.predict import point_model, table_space
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
@@ -253,8 +254,9 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
     """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report."""
     name, signature, _config, plan = _model_identity(request)
     table = pick_table(request, name, signature)
-    if table.warning():
-        warn(table.warning())
+    for warning in (table.warning(), validation_warning(table, request.phase, request.batch, request.context)):
+        if warning:
+            warn(warning)
     point = point_model(table, request.phase, request.batch, request.context)
     space = table_space(table, plan.ordering)  # the table was checked against this model's signature
     quality = QualitySource(request, plan)

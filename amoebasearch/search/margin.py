@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from amoebasearch.errors import UsageError
+from amoebasearch.profile.accuracy import point_rows
 from amoebasearch.profile.table import LatencyTable, read_validation, validation_path
 
 QUANTILE = 0.95
@@ -44,16 +45,6 @@ def parse_margin(text: str) -> str | float:
     if not match or float(match["value"]) >= 100:
         raise UsageError(f"margin {text!r} is not understood: write auto, or a percentage below 100 such as 3%")
     return float(match["value"]) / 100.0
-
-
-def point_rows(validation: pd.DataFrame, phase: str, batch: int, context: int) -> pd.DataFrame:
-    """The held-out validation rows of one table point."""
-    return validation[
-        (validation["split"] == "heldout")
-        & (validation["phase"] == phase)
-        & (validation["batch"] == batch)
-        & (validation["context"] == context)
-    ]
 
 
 def overrun_quantile(rows: pd.DataFrame, quantile: float = QUANTILE) -> float:

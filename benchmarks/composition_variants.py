@@ -36,9 +36,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from amoebasearch.profile.accuracy import accuracy  # noqa: E402
 from amoebasearch.profile.predict import build_lookup  # noqa: E402
 from amoebasearch.profile.table import load_table  # noqa: E402
-from amoebasearch.profile.validate import GROUP_SIZE, summary  # noqa: E402
+from amoebasearch.profile.validate import GROUP_SIZE  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -76,8 +77,9 @@ SMOOTHERS = {
 
 
 def scored(group: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
-    rows = group.assign(error_pct=(predicted - group["measured_us"]) / group["measured_us"] * 100)
-    stats = summary(rows.assign(split=group["split"])).iloc[0]
+    """Held-out scores of ``predicted`` (one price per row of ``group``) against its measurements."""
+    rows = group.assign(predicted_us=predicted)
+    stats = accuracy(rows[rows["split"] == "heldout"])
     return {k: round(float(stats[k]), 4) for k in ("within_5pct", "within_10pct", "mape_pct")}
 
 

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for names in pools:
         group = pooled(runs, names)
-        copies = int(sum(runs[n]["instances"].median() for n in names))
+        # validations from before stop 11 timed one copy and have no `instances` column (`validate.summary` alike)
+        copies = int(sum(runs[n].get("instances", pd.Series([1])).median() for n in names))
         for table, model in models.items():
             rows.append(
                 {"table": table, "validations": " + ".join(names), "runs": len(names), "copies": copies}

@@ -41,3 +41,25 @@ def test_repeats_pair_new_measurements_of_the_same_subnets_only(tmp_path):
     rows = repeat_rows([first, second, copy])
     assert len(rows) == 2  # a-b and b-c, never a with its own copy
     assert (rows["residual_corr"] > 0.99).all()
+
+
+def test_composed_scores_price_the_group_with_the_given_blocks():
+    """Each composition is scored on its own prices (not the validation file's predictions): a
+    block table the measurements follow exactly scores 0 % MAPE, one that is off at one width does not."""
+    from composition_variants import composed_scores
+
+    widths = [(3, 64), (6, 128), (9, 192)] * 8
+    blocks = {(3, 64): 10.0, (6, 128): 20.0, (9, 192): 30.0}
+    group = pd.DataFrame(
+        {
+            "split": ["calibration"] * 6 + ["heldout"] * 18,
+            "depth": [1 + i % 5 for i in range(24)],
+            "heads": [w[0] for w in widths],
+            "ffn": [w[1] for w in widths],
+        }
+    )
+    group["measured_us"] = 50.0 + group["depth"] * [blocks[w] for w in widths]
+    group["predicted_us"] = 999.0  # a stale column the scores must ignore
+    assert composed_scores(group, 50.0, blocks) == {"within_5pct": 1.0, "within_10pct": 1.0, "mape_pct": 0.0}
+    off = composed_scores(group, 50.0, {**blocks, (9, 192): 45.0})
+    assert off["mape_pct"] > 1.0 and off["within_5pct"] < 1.0

@@ -36,6 +36,7 @@ def test_the_bar_names_each_shortfall_and_nothing_when_met():
         "98% within +-10% (bar 99%)",
         "MAPE 2.69% (bar 2%)",
     ]
+    assert BAR.shortfalls({**met, "within_5pct": 0.949}) == ["94% within +-5% (bar 95%)"]  # never "95% (bar 95%)"
     assert AccuracyBar(min_subnets=30, within_10pct=0.95, mape_pct=3.0).shortfalls(missed) == [
         "87% within +-5% (bar 95%)"
     ]

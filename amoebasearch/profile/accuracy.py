@@ -11,6 +11,7 @@ means.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,9 @@ class AccuracyBar:
         if stats["n"] < self.min_subnets:
             out.append(f"{stats['n']} held-out subnets (bar {self.min_subnets})")
         if stats["within_5pct"] < self.within_5pct:
-            out.append(f"{stats['within_5pct']:.0%} within +-5% (bar {self.within_5pct:.0%})")
+            out.append(f"{_share(stats['within_5pct'])} within +-5% (bar {self.within_5pct:.0%})")
         if stats["within_10pct"] < self.within_10pct:
-            out.append(f"{stats['within_10pct']:.0%} within +-10% (bar {self.within_10pct:.0%})")
+            out.append(f"{_share(stats['within_10pct'])} within +-10% (bar {self.within_10pct:.0%})")
         if stats["mape_pct"] > self.mape_pct:
             out.append(f"MAPE {stats['mape_pct']:.2f}% (bar {self.mape_pct:g}%)")
         return out
@@ -48,6 +49,11 @@ class AccuracyBar:
 
 
 BAR = AccuracyBar()
+
+
+def _share(value: float) -> str:
+    """A share in whole per cent, rounded down, so a miss never reads as the bar (94.9 % is "94%")."""
+    return f"{math.floor(value * 100 + 1e-9)}%"
 
 
 def point_rows(validation: pd.DataFrame, phase: str, batch: int, context: int) -> pd.DataFrame:

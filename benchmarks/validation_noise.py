@@ -34,13 +34,18 @@ from composition_variants import composed_scores  # noqa: E402
 
 from amoebasearch.profile.predict import build_lookup  # noqa: E402
 from amoebasearch.profile.table import load_table  # noqa: E402
+from amoebasearch.profile.validate import calibration_subnets  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_SUBNETS, DEFAULT_CALIBRATION = 66, 16  # `profile --validate 50` (+ its default --calibrate 16), seed 0
 SUBNET = ["subnet", "split", "depth", "heads", "ffn"]
 
 
 def point_rows(path: Path, point: tuple[str, int, int]) -> pd.DataFrame:
     frame = pd.read_csv(path)
+    if (frame["split"] == "pending").any():  # a validation cut short: split its subnets as the default run would
+        calibration = calibration_subnets(DEFAULT_SUBNETS, DEFAULT_CALIBRATION, seed=0)
+        frame["split"] = ["calibration" if i in calibration else "heldout" for i in frame["subnet"]]
     chosen = frame[(frame["phase"] == point[0]) & (frame["batch"] == point[1]) & (frame["context"] == point[2])]
     return chosen.sort_values("subnet").reset_index(drop=True)
 

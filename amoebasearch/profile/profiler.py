@@ -25,6 +25,7 @@ from amoebasearch.models import model_signature
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
 from amoebasearch.profile.estimate import block_cost
+from amoebasearch.profile.memory import build_within_memory
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
 from amoebasearch.profile.rounds import RoundLog, rounds_path
 from amoebasearch.profile.table import LatencyTable, table_row
@@ -123,11 +124,15 @@ def decoder_rows(
     dims = ModelDims.from_config(model.config)
     widths = by_size(dims, widths, point)
     # no list of the stacks themselves: a runtime that copies weights (ONNX Runtime) lets them go
-    programs = [
-        stack_program(stack, point, ctx)
-        for h, f in widths
-        for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
-    ]
+    programs = build_within_memory(
+        (
+            stack_program(stack, point, ctx)
+            for h, f in widths
+            for stack in ctx.runtime.instances(lambda h=h, f=f: stack_model(model, h, f), count)
+        ),
+        total=len(widths) * count,
+        fix=f"lower --instances (now {count}); every width is held {count} times while its point is timed",
+    )
     log = None
     if rounds_file is not None:
         how = {

@@ -25,6 +25,7 @@ from amoebasearch.export import extract
 from amoebasearch.profile import timing
 from amoebasearch.profile.accuracy import accuracy
 from amoebasearch.profile.blocks import Point, share_embeddings, stack_model
+from amoebasearch.profile.memory import build_within_memory
 from amoebasearch.profile.predict import build_lookup, calibration_key
 from amoebasearch.profile.programs import Context, model_program
 from amoebasearch.profile.table import LatencyTable, read_validation, validation_path
@@ -366,7 +367,11 @@ def validate_table(
         copies = [subnet_instances(model, shapes[i], ctx, instances) for i in members]
         results = {}
         for point in todo:
-            programs = [model_program(subnet, point, ctx) for subnets in copies for subnet in subnets]
+            programs = build_within_memory(
+                (model_program(subnet, point, ctx) for subnets in copies for subnet in subnets),
+                total=len(members) * instances,
+                fix=f"lower --validate-instances (now {instances})",
+            )
             stats, check = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report)
             del programs  # one point's sessions at a time: ONNX Runtime copies every weight
             base = lookup[(point.phase, point.batch, point.context)]

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from composition_variants import composed_scores  # noqa: E402
 
+from amoebasearch.profile.accuracy import at_point  # noqa: E402
 from amoebasearch.profile.predict import build_lookup  # noqa: E402
 from amoebasearch.profile.table import load_table  # noqa: E402
 from amoebasearch.profile.validate import calibration_subnets  # noqa: E402
@@ -46,8 +47,7 @@ def point_rows(path: Path, point: tuple[str, int, int]) -> pd.DataFrame:
     if (frame["split"] == "pending").any():  # a validation cut short: split its subnets as the default run would
         calibration = calibration_subnets(DEFAULT_SUBNETS, DEFAULT_CALIBRATION, seed=0)
         frame["split"] = ["calibration" if i in calibration else "heldout" for i in frame["subnet"]]
-    chosen = frame[(frame["phase"] == point[0]) & (frame["batch"] == point[1]) & (frame["context"] == point[2])]
-    return chosen.sort_values("subnet").reset_index(drop=True)
+    return at_point(frame, *point).sort_values("subnet").reset_index(drop=True)
 
 
 def pooled(runs: dict[str, pd.DataFrame], names: tuple[str, ...]) -> pd.DataFrame:

@@ -56,14 +56,17 @@ def _share(value: float) -> str:
     return f"{math.floor(value * 100 + 1e-9)}%"
 
 
+def at_point(validation: pd.DataFrame, phase: str, batch: int, context: int) -> pd.DataFrame:
+    """The validation rows of one table point, calibration and held-out alike."""
+    return validation[
+        (validation["phase"] == phase) & (validation["batch"] == batch) & (validation["context"] == context)
+    ]
+
+
 def point_rows(validation: pd.DataFrame, phase: str, batch: int, context: int) -> pd.DataFrame:
     """The held-out validation rows of one table point."""
-    return validation[
-        (validation["split"] == "heldout")
-        & (validation["phase"] == phase)
-        & (validation["batch"] == batch)
-        & (validation["context"] == context)
-    ]
+    rows = at_point(validation, phase, batch, context)
+    return rows[rows["split"] == "heldout"]
 
 
 def accuracy(rows: pd.DataFrame) -> dict[str, float]:
@@ -84,8 +87,10 @@ def validation_warning(table: LatencyTable, phase: str, batch: int, context: int
     if table.estimated or table.path is None:
         return None  # an estimated table carries its own warning
     path = validation_path(Path(table.path))
-    rows = point_rows(read_validation(path), phase, batch, context) if path.is_file() else None
-    shortfalls = BAR.shortfalls(accuracy(rows)) if rows is not None and len(rows) else []
+    if not path.is_file():
+        return None
+    rows = point_rows(read_validation(path), phase, batch, context)
+    shortfalls = BAR.shortfalls(accuracy(rows)) if len(rows) else []
     if not shortfalls:
         return None
     return (

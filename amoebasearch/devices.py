@@ -43,3 +43,9 @@ def check_device(device: str, instead: str | None = None) -> str:
             + (f"; or {instead}" if instead else "")
         )
     return f"cuda:{index}"
+
+
+def default_runtime(device: str) -> str:
+    """The runtime a table is measured in unless ``--runtime`` says otherwise: on CUDA the one serving
+    engines use for decode (each step replayed as a CUDA graph), elsewhere PyTorch eager."""
+    return "cudagraph" if device.startswith("cuda") else "eager"

@@ -13,7 +13,7 @@ that budget when measured: with no margin, and with `find --margin auto` (the 95
 held-out overruns), cross-validated in two halves so no subnet sets its own margin.
 
 Estimated tables are checked wherever a real measurement of the same device and runtime exists:
-the estimated table of this CPU (``--estimate cpu-1t``) and of the H100 (``--estimate h100``),
+the estimated table of this CPU (``--estimate cpu-t1``) and of the H100 (``--estimate h100``),
 each with efficiencies fitted on that device's measured eager block rows, predict its held-out
 eager subnets measured end to end, and the H200's (``--estimate h200 --runtime cudagraph``),
 fitted on its CUDA-graph block rows, its held-out CUDA-graph subnets (bar: MAPE <= 15 %).
@@ -73,6 +73,7 @@ def measured_rows(folder: Path, shipped: bool) -> list[dict]:
                 "device": table.meta["device"]["name"],
                 "runtime": table.meta["runtime"]["name"],
                 "dtype": table.meta["dtype"],
+                "threads": table.threads,
                 "source": "measured",
                 "shipped": shipped,
                 **row,

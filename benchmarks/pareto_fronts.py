@@ -44,7 +44,7 @@ from amoebasearch.search.storage import open_storage  # noqa: E402
 from amoebasearch.shape import ShapeSpace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CPU_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-eager-float32.csv")
+CPU_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-t1-eager-float32.csv")
 BASELINES = ("bi", "last")
 
 

@@ -43,7 +43,7 @@ from amoebasearch.search.study import Candidate, pareto_front, search  # noqa: E
 from amoebasearch.shape import ShapeSpace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-eager-float32.csv")
+DEFAULT_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-t1-eager-float32.csv")
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """`make demo`: the whole story on the embedded SmolLM2-135M, through the real verbs, in minutes.
 
 plan (DP depth + importance width on real text; cached after the first run) -> profile this CPU
-(decode, reduced width grid, validated) -> find the quality/latency trade-off (multi-objective)
-and then the best subnet for a budget (reusing the cached qualities) -> export it, reload it with
-plain transformers and generate -> Pareto fronts on every latency table of the model -> this
-CPU's latency table.
+at the thread count transformers uses by default here (decode, reduced width grid, validated) ->
+find the quality/latency trade-off (multi-objective) and then the best subnet for a budget
+(reusing the cached qualities), measured at those threads -> export it, reload it with plain
+transformers and generate -> the same subnet as a GGUF, timed in llama.cpp -> Pareto fronts on
+every latency table of the model -> this CPU's latency table.
 
 Each step prints the `amoebasearch` command it runs (in-process, the same code path as the
 shell) so a user can repeat or scale it up: the reduced settings here (512 calibration tokens,
@@ -29,6 +30,7 @@ from amoebasearch.models import DEFAULT_MODEL, load, load_config
 from amoebasearch.planfile import Plan
 from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
 from amoebasearch.profile.predict import point_model, table_space
+from amoebasearch.profile.runtimes import default_threads
 from amoebasearch.profile.table import load_table, table_name
 
 OUT = Path("build/demo")
@@ -37,6 +39,8 @@ PLAN = OUT / "plan.json"
 PROFILES = OUT / "profiles"
 FIND = OUT / "find"
 SUBNET = OUT / "subnet"
+SUBNET_GGUF = OUT / "subnet-gguf"
+FULL_GGUF = OUT / "full-gguf"
 PLOTS = OUT / "plots"
 
 
@@ -59,6 +63,26 @@ def cached_plan() -> bool:
     return True
 
 
+def deployment_summary(chosen: dict, verified: dict, threads: int) -> None:
+    """Per-token latency of the chosen subnet where it is served: transformers at this host's
+    default threads (predicted by the table, measured by `find --verify`) and llama.cpp (q8_0)."""
+    from amoebasearch.llamacpp import default_threads as llamacpp_threads
+    from amoebasearch.profile.blocks import Point
+    from amoebasearch.profile.engine import time_gguf
+
+    point, cores = Point("decode", 1, 128), llamacpp_threads()
+    subnet_ms = time_gguf(SUBNET_GGUF / "model-q8_0.gguf", point, cores).median_us / 1000.0
+    full_ms = time_gguf(FULL_GGUF / "model-q8_0.gguf", point, cores).median_us / 1000.0
+    print(f"\nper decoded token at context 128, chosen subnet ({len(chosen['shape']['layers'])} layers):")
+    print(
+        f"  transformers, {threads} threads (torch's default here): predicted {chosen['latency_ms']:.1f} ms, "
+        f"measured {verified.get('measured_ms', float('nan')):.1f} ms"
+    )
+    print(
+        f"  llama.cpp, q8_0 GGUF, {cores} threads (its default here): {subnet_ms:.1f} ms, full model {full_ms:.1f} ms"
+    )
+
+
 def greedy_reply(model, tokenizer, prompt: str, tokens: int = 32) -> str:
     messages = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -76,7 +100,9 @@ def main() -> None:
     else:
         run("plan", "--tokens", "512", "--max-remove", "8", "--out", str(PLAN), "--resume")
 
-    table = PROFILES / f"{table_name(DEFAULT_MODEL, device_slug(device_fingerprint('cpu')), 'eager', 'float32')}.csv"
+    threads = default_threads("eager")  # torch's own default here: what a plain transformers user runs at
+    slug = device_slug(device_fingerprint("cpu"))
+    table = PROFILES / f"{table_name(DEFAULT_MODEL, slug, 'eager', 'float32', threads)}.csv"
     # --pause 0: retry a disturbed validation group at once, so the demo's time stays bounded
     run(
         "profile", "--device", "cpu", "--phases", "decode", "--ffn-step", "256",
@@ -103,6 +129,12 @@ def main() -> None:
     print(f"  full model: {greedy_reply(full, tokenizer, PROMPT)!r}")
     print(f"  subnet, before stage-2 fine-tuning (`amoebasearch train`): {greedy_reply(model, tokenizer, PROMPT)!r}")
 
+    # the same subnet where most people serve a model of this size: llama.cpp, from one GGUF file
+    shape_file = FIND / "best_shape.json"
+    run("export", "--plan", str(PLAN), "--shape", str(shape_file), "--format", "gguf", "--out", str(SUBNET_GGUF))
+    run("export", "--depth", str(full.config.num_hidden_layers), "--format", "gguf", "--out", str(FULL_GGUF))
+    deployment_summary(chosen, json.loads((FIND / "find.json").read_text()).get("verify", {}), threads)
+
     qualities = FIND / "qualities.csv"
     run("plot", "fronts", "--qualities", str(qualities), "--profile", str(table), "--profiles", "profiles",
         "--out", str(PLOTS))  # fmt: skip
@@ -114,6 +146,7 @@ def main() -> None:
         ("latency table + validation", table),
         ("chosen shape, Pareto front, evaluated qualities", FIND),
         ("standalone Hugging Face subnet", SUBNET),
+        ("the same subnet as a GGUF for llama.cpp", SUBNET_GGUF),
         ("figures (Pareto fronts per device and selection, latency table)", PLOTS),
     ):
         print(f"  {label}: {path}")

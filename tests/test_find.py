@@ -301,3 +301,21 @@ def test_a_bad_margin_on_the_command_line_says_how_to_write_one(setup, tmp_path,
     assert main(find_args(setup, tmp_path, "--budget", "3ms", "--margin", "150%")) == 2
     err = capsys.readouterr().err.strip()
     assert "percentage below 100" in err and len(err.splitlines()) == 1
+
+
+def test_find_refuses_a_table_of_this_cpu_at_other_threads(setup, tmp_path, capsys):
+    """A table timed on this very CPU at another thread count than the runtime's default here is
+    refused unless --threads asks for that count; the report says the threads it priced at."""
+    from amoebasearch.profile.fingerprint import cpu_fingerprint
+    from amoebasearch.profile.runtimes import default_threads
+
+    other = default_threads("eager") + 1
+    table = load_table(setup[2])
+    table.meta["device"] = dict(cpu_fingerprint(), threads_used=other)
+    table.meta["settings"]["threads"] = other
+    table.save(setup[2])
+    capsys.readouterr()
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "2")) == 2
+    assert f"pass --threads {other}" in capsys.readouterr().err
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "2", "--threads", str(other))) == 0
+    assert json.loads(capsys.readouterr().out)["threads"] == other

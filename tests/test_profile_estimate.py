@@ -82,7 +82,7 @@ def test_decode_is_memory_bound_and_prefill_compute_bound():
 
 
 def test_fit_recovers_known_efficiencies():
-    spec = SPECS["cpu-1t"]
+    spec = SPECS["cpu-t1"]
     truth = Efficiency(0.4, 1.5, 8.0)
     rows = []
     for point in [Point("prefill", 1, 128), Point("decode", 1, 128)]:
@@ -145,10 +145,10 @@ def test_estimate_verb_fits_on_a_measured_cpu_table(tmp_path, tiny_checkpoint):
 
     out = tmp_path / "profiles"
     base = ["profile", "--model", str(tiny_checkpoint), "--out", str(out), "--context", "8"]
-    assert main(base) == 0
-    assert main([*base, "--estimate", "cpu-1t"]) == 0
+    assert main([*base, "--threads", "1"]) == 0  # the CPU sheet describes one core
+    assert main([*base, "--estimate", "cpu-t1"]) == 0
     assert main([*base, "--estimate", "a5000"]) == 0
-    cpu = load_table(next(out.glob("*cpu-amd-epyc-1t-roofline-float32.csv")))
+    cpu = load_table(next(out.glob("*cpu-amd-epyc-t1-roofline-float32.csv")))
     gpu = load_table(next(out.glob("*nvidia-rtx-a5000-roofline-bfloat16.csv")))
     assert cpu.meta["efficiency_source"] == "fitted" and gpu.meta["efficiency_source"] == "default"
     assert (gpu.rows["source"] == "estimated").all() and gpu.estimated
@@ -162,17 +162,17 @@ def test_an_estimate_fits_on_measured_tables_kept_outside_its_folder(tmp_path, t
 
     kept, out = tmp_path / "kept", tmp_path / "profiles"
     model = ["profile", "--model", str(tiny_checkpoint), "--context", "8"]
-    assert main([*model, "--out", str(kept)]) == 0
+    assert main([*model, "--out", str(kept), "--threads", "1"]) == 0
     out.mkdir()
-    assert main([*model, "--out", str(out), "--estimate", "cpu-1t", "--fit-on", str(kept)]) == 0
-    estimate = load_table(next(out.glob("*cpu-amd-epyc-1t-roofline-float32.csv")))
+    assert main([*model, "--out", str(out), "--estimate", "cpu-t1", "--fit-on", str(kept)]) == 0
+    estimate = load_table(next(out.glob("*cpu-amd-epyc-t1-roofline-float32.csv")))
     measured = next(kept.glob("*.csv"))
     assert estimate.meta["efficiency_source"] == "fitted" and estimate.meta["calibrated_on"] == [str(measured)]
     assert estimate.meta["overhead_from"] == str(measured)
     capsys.readouterr()
-    assert main([*model, "--out", str(out), "--estimate", "cpu-1t"]) == 2  # profiles/ alone holds no measurement
+    assert main([*model, "--out", str(out), "--estimate", "cpu-t1"]) == 2  # profiles/ alone holds no measurement
     assert "no measured cpu table" in capsys.readouterr().err
-    assert main([*model, "--out", str(out), "--estimate", "cpu-1t", "--fit-on", str(tmp_path / "nope")]) == 2
+    assert main([*model, "--out", str(out), "--estimate", "cpu-t1", "--fit-on", str(tmp_path / "nope")]) == 2
     assert "--fit-on folder" in capsys.readouterr().err
     assert main([*model, "--out", str(out), "--fit-on", str(kept)]) == 2  # measuring is not fitted on anything
     assert "use it with --estimate" in capsys.readouterr().err
@@ -231,13 +231,13 @@ def test_find_prefers_the_estimate_of_its_own_runtime(tmp_path, tiny_checkpoint)
         table.save(path)
     signature = model_signature(config)
     for runtime in ("eager", "cudagraph", "compile"):  # compile has no estimate of its own: eager's prices it
-        chosen = choose_table(tmp_path, signature, "nvidia-h100", runtime, "tiny", "cuda:0")
+        chosen = choose_table(tmp_path, signature, {"kind": "cuda"}, "nvidia-h100", runtime, "tiny", "cuda:0")
         assert modelled_runtime(chosen) == ("cudagraph" if runtime == "cudagraph" else "eager")
 
 
 def test_a_cpu_spec_describes_its_own_chip_and_a_gpu_spec_its_own_card():
     epyc = {"kind": "cpu", "name": "AMD EPYC 9R14 96-Core Processor", "threads_used": 1}
     xeon = {"kind": "cpu", "name": "Intel(R) Xeon(R) Processor", "threads_used": 1}
-    assert describes(SPECS["cpu-1t"], epyc) and not describes(SPECS["cpu-1t"], xeon)
+    assert describes(SPECS["cpu-t1"], epyc) and not describes(SPECS["cpu-t1"], xeon)
     assert describes(SPECS["h200"], {"kind": "cuda", "name": "NVIDIA H200"})
     assert not describes(SPECS["h100"], {"kind": "cuda", "name": "NVIDIA H200"})

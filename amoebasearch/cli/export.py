@@ -1,4 +1,5 @@
-"""`amoebasearch export`: write one subnet as a standalone Hugging Face model directory."""
+"""`amoebasearch export`: write one subnet as a standalone Hugging Face model directory, or as one
+GGUF file that llama.cpp serves (``--format gguf``)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,45 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads", type=positive_int, help="query heads per layer (a multiple of the KV heads)")
     parser.add_argument("--ffn", type=positive_int, help="FFN channels per layer")
     parser.add_argument("--out", required=True, help="output directory (written atomically)")
+    add_format_arguments(parser)
     parser.add_argument(
         "--supernet", help="supernet directory from `amoebasearch train`: export with the shape's LoRAs merged"
     )
     parser.set_defaults(run=run)
+
+
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--format`` and ``--quant``, shared by `export` and `find --export`."""
+    from amoebasearch.export_gguf import QUANTS
+
+    parser.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a Hugging Face model directory (default); gguf: one GGUF file with the tokenizer and chat "
+        "template, for llama.cpp",
+    )
+    parser.add_argument(
+        "--quant",
+        choices=QUANTS,
+        help="GGUF weight format (default q8_0; find: its llamacpp table's); quantised by llama.cpp's own quantiser",
+    )
+
+
+def check_format(args: argparse.Namespace) -> None:
+    if args.quant and args.format != "gguf":
+        raise UsageError("--quant sets the weights of a GGUF export: add --format gguf, or drop --quant")
+
+
+def write_subnet(subnet, out: str, tokenizer, fmt: str, quant: str | None, flag: str = "--out"):
+    """The export of ``subnet`` in ``fmt``: the model directory, or the GGUF file's path."""
+    if fmt == "gguf":
+        from amoebasearch.export_gguf import save_gguf
+
+        if tokenizer is None:
+            raise UsageError("a GGUF export carries the tokenizer, and this model has none: pass a model with one")
+        return save_gguf(subnet, out, tokenizer, quant or "q8_0", flag=flag)
+    return save_subnet(subnet, out, tokenizer, flag=flag)
 
 
 def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Ordering) -> Shape:
@@ -51,6 +87,7 @@ def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Orderin
 
 
 def run(args: argparse.Namespace) -> int:
+    check_format(args)
     check_export_dir(args.out)  # before seconds of model loading, not after
     if args.supernet:
         return run_supernet(args)
@@ -60,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     shape = shape_from_args(args, dims, ordering)  # validate before the (slow) weight load
     loaded = load(args.model)
     subnet = extract(loaded.model, shape, ordering)
-    out = save_subnet(subnet, args.out, loaded.tokenizer)
+    out = write_subnet(subnet, args.out, loaded.tokenizer, args.format, args.quant)
     params = sum(p.numel() for p in subnet.parameters())
     print(f"exported {shape} ({params:,} parameters) to {out}")
     return 0
@@ -78,7 +115,7 @@ def run_supernet(args: argparse.Namespace) -> int:
     if shape not in supernet.space:
         print(f"note: {shape} lies outside the shape space the supernet was trained on", file=sys.stderr)
     subnet = supernet.export(shape)
-    out = save_subnet(subnet, args.out, supernet.loaded.tokenizer)
+    out = write_subnet(subnet, args.out, supernet.loaded.tokenizer, args.format, args.quant)
     params = sum(p.numel() for p in subnet.parameters())
     loras = subnet.config.amoebasearch["supernet"]["loras"]
     print(f"exported {shape} ({params:,} parameters, LoRAs {loras} merged) to {out}")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from amoebasearch import atomic
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, positive_int, positive_int_up_to
-from amoebasearch.devices import check_device, check_device_name
+from amoebasearch.devices import check_device, check_device_name, default_runtime
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.find import METRICS
@@ -43,7 +43,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", help="latency table CSV (default: pick one for --device/--runtime)")
     parser.add_argument("--profiles", default="profiles", help="folder searched for tables (default profiles/)")
     parser.add_argument("--device", help="device whose table to use (default cpu)")
-    parser.add_argument("--runtime", help="runtime whose table to use (default eager)")
+    parser.add_argument("--runtime", help="runtime whose table to use (default: cudagraph on CUDA, eager on CPU)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads the subnet will run at (default: the runtime's own default here); picks the table "
+        "timed at that count and refuses one timed at another",
+    )
     parser.add_argument("--phase", choices=PHASES, default="decode", help="what the budget is for (default decode)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the table point (default 1)")
     parser.add_argument("--context", type=positive_int, default=128, help="context length (default 128)")
@@ -74,7 +80,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")
     parser.add_argument("--study", help="study name (default: derived from table, point, budget)")
     parser.add_argument("--out", default="runs/find", help="run directory: storage, shape JSON, front CSV")
-    parser.add_argument("--export", metavar="DIR", help="write the chosen subnet as a Hugging Face model")
+    parser.add_argument(
+        "--export", metavar="DIR", help="write the chosen subnet: a Hugging Face model, or with --format gguf a GGUF"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="--export as a Hugging Face model directory (hf, default) or one GGUF file for llama.cpp (gguf)",
+    )
+    parser.add_argument(
+        "--quant",
+        choices=("q4_k_m", "q8_0", "f16", "f32"),
+        help="llamacpp: the GGUF quantisation deployed (picks that table; default: the table's); "
+        "--format gguf: the export's (default: the llamacpp table's, else q8_0)",
+    )
     parser.add_argument("--verify", action="store_true", help="measure the chosen subnet on the device")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -99,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.profile and (args.device or args.runtime):
         check_table_matches(load_table(args.profile), args.device and device, args.runtime)
     check_output_path(Path(args.out), "--out", folder=True)
+    if args.format == "gguf" and not args.export:
+        raise UsageError("--format gguf is the format of --export DIR: add --export, or drop --format")
     if args.export:
         from amoebasearch.export import check_export_dir
 
@@ -117,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         table=args.profile,
         profiles=Path(args.profiles),
         device=device,
-        runtime=args.runtime or "eager",
+        runtime=args.runtime or default_runtime(device),
         phase=args.phase,
         batch=args.batch,
         context=args.context,
@@ -138,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         verify=args.verify,
         seed=args.seed,
         progress=not args.json,
+        threads=args.threads,
+        quant=args.quant,
+        export_format=args.format,
     )
     start = time.perf_counter()
     report = find(request, warn=lambda message: print(message, file=sys.stderr))
@@ -157,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         f"best subnet for {budget_ms:g} ms ({args.phase}, batch {args.batch}, context {args.context}): "
         f"depth={len(best['shape']['layers'])} heads={best['shape']['heads']} ffn={best['shape']['ffn']}"
     )
-    print(f"  predicted latency {best['latency_ms']:.3f} ms from {report['table']} ({report['table_source']})")
+    at = f", {report['threads']} threads" if report.get("threads") else ""
+    print(f"  predicted latency {best['latency_ms']:.3f} ms from {report['table']} ({report['table_source']}{at})")
     if report["margin_pct"]:
         print(
             f"  searched under {report['search_budget_ms']:.3f} ms: a {report['margin_pct']:.1f}% margin "
@@ -169,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  multiple-choice accuracy {best['quality']:.3f} ({best['quality']:.1%})")
     else:
         print(f"  held-out perplexity {best['quality']:.3f}")
+    if "quality_gguf" in best:
+        print(f"  held-out perplexity of its GGUF in llama.cpp {best['quality_gguf']:.3f}")
     print(
         f"  {report['trials']} trials, {report['evaluations']} new quality evaluations "
         f"({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"
@@ -177,9 +205,11 @@ def run(args: argparse.Namespace) -> int:
         v = report["verify"]
         rounds = ", ".join(f"{m:.3f}" for m in v["round_medians_ms"])
         verdict = "within" if v["within_budget"] else "OVER"
+        where = f" in llama.cpp ({v['quant']})" if v.get("quant") else ""
+        threads = f" at {v['threads']} threads" if v.get("threads") else ""
         print(
-            f"  measured {v['measured_ms']:.3f} ms, {verdict} budget (predicted {v['predicted_ms']:.3f}, "
-            f"{v['error_pct']:+.1f}%; round medians {rounds} ms)"
+            f"  measured {v['measured_ms']:.3f} ms{where}{threads}, {verdict} budget "
+            f"(predicted {v['predicted_ms']:.3f}, {v['error_pct']:+.1f}%; round medians {rounds} ms)"
         )
     if report.get("export"):
         print(f"  exported to {report['export']}")

@@ -11,6 +11,7 @@ from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTS = ("q4_k_m", "q8_0", "f16", "f32")
 
 
 def comma_list(kind):
@@ -48,14 +49,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     parser.add_argument(
         "--runtime",
-        default="eager",
-        help="eager, compile, onnxruntime, or cudagraph on CUDA (default eager); vllm etc. are plug-ins; "
-        "with --estimate, the runtime whose measured tables calibrate the estimate",
+        help="eager, compile, onnxruntime, or cudagraph on CUDA (default: cudagraph on CUDA, as serving engines "
+        "replay decode, eager on CPU); vllm etc. are plug-ins; with --estimate, the runtime whose measured "
+        "tables calibrate the estimate (default eager)",
     )
     parser.add_argument("--phases", type=comma_list(str), default=["prefill", "decode"], help="default prefill,decode")
     parser.add_argument("--batch", type=comma_list(int), default=[1], help="batch sizes, e.g. 1,8 (default 1)")
     parser.add_argument("--context", type=comma_list(int), default=[128], help="context lengths (default 128)")
     parser.add_argument("--dtype", choices=DTYPES, help="default float32 on CPU, bfloat16 on GPU")
+    parser.add_argument(
+        "--quant",
+        choices=QUANTS,
+        help="--runtime llamacpp: the GGUF weight format timed (default q4_k_m), in place of --dtype",
+    )
     parser.add_argument("--out", default="profiles", help="output folder (default profiles/)")
     parser.add_argument("--validate", type=int, default=0, metavar="N", help="validate on N held-out subnets")
     parser.add_argument("--calibrate", type=int, default=16, metavar="K", help="subnets to fit calibration (16)")
@@ -67,7 +73,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--estimate",
         metavar="DEVICE",
-        help="write an estimated table: a5000, a100, h100, h200, l4, rtx4090, orin (or cpu-1t to check the estimator)",
+        help="write an estimated table: a5000, a100, h100, h200, l4, rtx4090, orin (or cpu-t1 to check the estimator)",
     )
     parser.add_argument(
         "--fit-on",
@@ -76,21 +82,27 @@ def register(verbs: argparse._SubParsersAction) -> None:
         metavar="FOLDER",
         help="with --estimate: folders of measured tables to fit the estimate on (default: --out)",
     )
-    parser.add_argument("--threads", type=positive_int, help="CPU threads (default 1 on CPU, recorded)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (default: the runtime's own default on this host, for PyTorch torch.get_num_threads()); "
+        "recorded in the table's sidecar and, on CPU, in its file name as -t<N>",
+    )
     parser.add_argument("--repeats", type=positive_int, default=21, help="timed repeats per program (>= 20)")
     parser.add_argument(
         "--instances",
         type=positive_int,
-        default=3,
         help="independently allocated copies timed per block width (and per validation subnet, see "
-        "--validate-instances); a latency is their median (default 3)",
+        "--validate-instances); a latency is their median (default 3; 1 for llamacpp, whose whole models "
+        "share their mapped weight file)",
     )
     parser.add_argument(
         "--validate-instances",
         type=positive_int,
         metavar="N",
         help="copies timed per validation subnet (default: --instances, twice that for onnxruntime, whose "
-        "sessions of one program differ by 4-8 %%): more copies make the reference latency steadier",
+        "sessions of one program differ by 4-8 %%, three times for llamacpp): more copies make the reference "
+        "latency steadier",
     )
     parser.add_argument(
         "--pause",
@@ -115,7 +127,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 # (not --runtime: with --estimate it names the runtime whose launch costs the estimate models)
 MEASURING_ONLY = (
     "device", "validate", "calibrate", "resume", "threads", "instances", "validate_instances", "pause", "repeats",
-    "random_weights",
+    "random_weights", "quant",
 )  # fmt: skip
 
 
@@ -147,7 +159,11 @@ def check_grid(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from amoebasearch.devices import default_runtime
+
     check_grid(args)
+    if args.runtime is None:
+        args.runtime = "eager" if args.estimate else default_runtime(args.device)
     if args.estimate:
         given = [
             f"--{dest.replace('_', '-')}"
@@ -161,11 +177,11 @@ def run(args: argparse.Namespace) -> int:
         return run_estimate(args)
     if args.fit_on:
         raise UsageError("--fit-on names the tables an estimate is fitted on: use it with --estimate DEVICE")
-    from amoebasearch.profile import profiler
+    from amoebasearch.profile.runtimes import default_threads
     from amoebasearch.profile.timing import measurement_threads
 
     device = check_device(args.device)
-    with measurement_threads(device, args.threads or profiler.default_threads(device)) as pinned:
+    with measurement_threads(device, args.threads or default_threads(args.runtime)) as pinned:
         return measure(args, device, pinned)
 
 
@@ -178,9 +194,14 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     from amoebasearch.profile.runtimes import get_runtime
     from amoebasearch.profile.timing import COLLECTOR_POLICY, fix_malloc_thresholds
 
+    if args.quant and args.dtype:
+        raise UsageError("--quant is the weight format of --runtime llamacpp, --dtype that of the others: give one")
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
-    runtime = get_runtime(args.runtime, device, dtype)
+    runtime = get_runtime(args.runtime, device, dtype, args.quant)
+    args.instances = args.instances or runtime.default_instances
+    if getattr(runtime, "quant", None):  # the engine runs its own file format, exported from float32
+        dtype_name, dtype = runtime.quant, torch.float32
     config = load_config(args.model)
     points = profiler.grid(args.phases, args.batch, args.context)
     malloc = fix_malloc_thresholds()  # before the model and every program allocate
@@ -203,10 +224,8 @@ def measure(args: argparse.Namespace, device: str, pinned: list[int] | None) -> 
     table = profiler.open_table(
         args.out, loaded.name, config, runtime, device, dtype_name, points, settings, args.resume
     )
-    print(
-        f"profiling {loaded.name} on {device} ({runtime.name}, {dtype_name}, "
-        f"{torch.get_num_threads()} threads) -> {table.path}"
-    )
+    threads = "" if device.startswith("cuda") else f", {torch.get_num_threads()} threads"
+    print(f"profiling {loaded.name} on {device} ({runtime.name}, {dtype_name}{threads}) -> {table.path}")
     begin = time.perf_counter()
     ctx = profiler.Context(runtime, device, dtype, seed=args.seed)
     with tqdm(total=profiler.steps(loaded.dims, points, args.ffn_step), desc="blocks", unit="row") as bar:

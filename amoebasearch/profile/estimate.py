@@ -119,9 +119,9 @@ SPECS: dict[str, DeviceSpec] = {
     # 2 x 256-bit FMA pipes per core = 32 FP32 FLOP/cycle; at an assumed 3.0 GHz -> 96 GFLOP/s per core.
     # Bandwidth: AMD EPYC 9004 spec, 12 x DDR5-4800 = 460.8 GB/s per socket, shared by 96 cores -> 4.8 GB/s
     # per core. Used only to measure the estimator's own error against this CPU's measured tables.
-    "cpu-1t": DeviceSpec(
+    "cpu-t1": DeviceSpec(
         "AMD EPYC (1 thread)",
-        "cpu-amd-epyc-1t",
+        "cpu-amd-epyc-t1",
         {"float32": 96e9, "bfloat16": 96e9, "float16": 96e9},
         4.8e9,
         default_dtype="float32",
@@ -129,7 +129,14 @@ SPECS: dict[str, DeviceSpec] = {
         kind="cpu",
     ),
 }
-ALIASES = {"jetson": "orin", "agx-orin": "orin", "jetson-agx-orin": "orin", "4090": "rtx4090", "rtx-a5000": "a5000"}
+ALIASES = {
+    "cpu-1t": "cpu-t1",
+    "jetson": "orin",
+    "agx-orin": "orin",
+    "jetson-agx-orin": "orin",
+    "4090": "rtx4090",
+    "rtx-a5000": "a5000",
+}
 
 
 def get_spec(name: str) -> DeviceSpec:
@@ -395,10 +402,11 @@ def estimate_label(runtime: str) -> str:
 
 def describes(spec: DeviceSpec, device: dict[str, Any]) -> bool:
     """Whether a measured table's device is the one ``spec`` describes (CPU sheets are per core:
-    ``cpu-amd-epyc-1t`` describes any AMD EPYC table)."""
+    ``cpu-amd-epyc-t1`` describes any AMD EPYC table timed at one thread)."""
     slug = device_slug(device)
     if spec.kind == "cpu":
-        return device.get("kind") == "cpu" and slug.startswith(spec.slug.removesuffix("-1t"))
+        one_thread = device.get("threads_used") == 1
+        return device.get("kind") == "cpu" and one_thread and slug.startswith(spec.slug.removesuffix("-t1"))
     return device.get("kind") == "cuda" and slug == spec.slug
 
 
@@ -410,7 +418,7 @@ def spec_for_table(table: LatencyTable) -> DeviceSpec:
     """The spec entry of a measured table's device (only this CPU has one so far)."""
     device = table.meta["device"]
     if device.get("kind") == "cpu" and device.get("threads_used") == 1:
-        return SPECS["cpu-1t"]
+        return SPECS["cpu-t1"]
     for spec in SPECS.values():
         if spec.name.lower() in str(device.get("name", "")).lower():
             return spec
@@ -463,8 +471,9 @@ def estimate_to_file(
     fit_dirs = [Path(folder) for folder in fit_on] if fit_on else [Path(out_dir)]
     where = ", ".join(folder_label(folder) for folder in fit_dirs)
     calibration = [t for t in measured_tables(fit_dirs, signature, runtime) if table_kind(t) == spec.kind]
-    if spec.kind == "cpu":  # a CPU sheet is one chip's core: its own tables first, else any CPU's
-        calibration = [t for t in calibration if describes(spec, t.meta["device"])] or calibration
+    if spec.kind == "cpu":  # a CPU sheet is one core of a chip: its one-thread tables first, else any CPU's
+        one_thread = [t for t in calibration if t.threads == 1]
+        calibration = [t for t in one_thread if describes(spec, t.meta["device"])] or one_thread
     if not calibration and runtime != "eager":
         raise UsageError(
             f"no measured {runtime} table of a {spec.kind} for {name} in {where}: run "

@@ -5,7 +5,8 @@ UUID, memory, driver and CUDA versions, current/max clocks, power limit and thro
 Clocks and throttle reasons are sampled again after profiling, because a card that throttled
 mid-run produces a table that will not reproduce. On CPU we record the model name, family,
 model number, stepping and cache size, the vector extensions the kernels can use, the core
-count and the threads torch used.
+count and the threads torch used. `cpu_identity` is what tells two CPUs apart: a table belongs
+to the CPU it was measured on, and a marketing name ("AMD EPYC") covers many of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from typing import Any
 
 from amoebasearch.devices import cuda_index
 
-LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "pandas", "amoebasearch")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "onnxruntime",
+    "onnx",
+    "llama-cpp-python",
+    "gguf",
+    "numpy",
+    "pandas",
+    "amoebasearch",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -33,7 +44,14 @@ def library_versions() -> dict[str, str | None]:
 
 # the /proc/cpuinfo fields that tell two CPUs with one marketing name apart (a VM often shows
 # only "Intel(R) Xeon(R) Processor"), and the vector extensions the kernels pick from
-CPUINFO_FIELDS = {"cpu family": "family", "model": "model", "stepping": "stepping", "cache size": "cache"}
+CPUINFO_FIELDS = {
+    "vendor_id": "vendor",
+    "cpu family": "family",
+    "model": "model",
+    "stepping": "stepping",
+    "cache size": "cache",
+}
+IDENTITY_FIELDS = ("vendor", "family", "model", "stepping", "name")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "sve")
 
 
@@ -56,6 +74,27 @@ def cpu_model_name() -> str:
     return cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core counted once): the thread
+    count llama.cpp and most BLAS libraries start with."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores, current = set(), {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in [*handle, ""]:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("processor", "physical id", "core id"):
+                    current[key] = value.strip()
+                elif not line.strip() and current:
+                    if int(current.get("processor", -1)) in allowed:
+                        cores.add((current.get("physical id"), current.get("core id", current.get("processor"))))
+                    current = {}
+    except (OSError, ValueError):
+        pass
+    return len(cores) or len(allowed) or 1
+
+
 def cpu_fingerprint() -> dict[str, Any]:
     import torch
 
@@ -65,11 +104,27 @@ def cpu_fingerprint() -> dict[str, Any]:
         "kind": "cpu",
         "name": cpu_model_name(),
         "cores": os.cpu_count(),
+        "physical_cores": physical_cores(),
         "threads_used": torch.get_num_threads(),
         "machine": platform.machine(),
         **{ours: info[theirs] for theirs, ours in CPUINFO_FIELDS.items() if theirs in info},
         "isa": [flag for flag in ISA_FLAGS if flag in flags],
     }
+
+
+def cpu_identity(fingerprint: dict[str, Any]) -> tuple[str, ...] | None:
+    """(vendor, family, model, stepping, model name) of a CPU fingerprint; None when any is unknown
+    (a table recorded before these were, or a spec sheet), which then matches no CPU."""
+    if fingerprint.get("kind") != "cpu":
+        return None
+    values = tuple(str(fingerprint.get(key) or "") for key in IDENTITY_FIELDS)
+    return values if all(values) else None
+
+
+def same_cpu(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two fingerprints are one CPU by its full identity (`cpu_identity`), not its marketing name."""
+    identity = cpu_identity(a)
+    return identity is not None and identity == cpu_identity(b)
 
 
 def _decode(value: Any) -> Any:

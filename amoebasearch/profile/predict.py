@@ -2,6 +2,7 @@
 
 Block latency does not depend on the layer index (the profiler checks this), and every kept
 layer of a shape has the same width, so the sum over kept blocks is ``depth x block(heads, ffn)``.
+Tables of engines timed on whole models (`profile.engine`) add a per-width ``tail`` once.
 An optional per-grid-point calibration ``scale * raw + offset`` (fitted by ``validate.py`` on
 a calibration split of measured subnets) absorbs what composition misses, such as cache
 effects between blocks. Lookups are precomputed once per table, so a call is a few dict hits.
@@ -10,7 +11,7 @@ effects between blocks. Lookups are precomputed once per table, so a call is a f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from amoebasearch.errors import UsageError
 from amoebasearch.ordering import Ordering
@@ -28,6 +29,7 @@ class PointModel:
     block_us: dict[tuple[int, int], float]
     scale: float = 1.0
     offset_us: float = 0.0
+    tail_us: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def raw(self, shape: Shape) -> float:
         try:
@@ -38,7 +40,7 @@ class PointModel:
                 f"the table has no decoder row for heads={shape.heads} ffn={shape.ffn}; "
                 f"profiled widths run from {widths[0]} to {widths[-1]}"
             ) from None
-        return self.fixed_us + shape.depth * block
+        return self.fixed_us + self.tail_us.get((shape.heads, shape.ffn), 0.0) + shape.depth * block
 
     def predict(self, shape: Shape) -> float:
         return self.scale * self.raw(shape) + self.offset_us
@@ -57,6 +59,7 @@ def build_lookup(table: LatencyTable, calibrated: bool = True) -> dict[tuple[str
         medians = {(r.block, int(r.heads), int(r.ffn)): float(r.median_us) for r in group.itertuples()}
         missing = [b for b in FIXED_BLOCKS if (b, 0, 0) not in medians]
         blocks = {(h, f): us for (b, h, f), us in medians.items() if b == "decoder"}
+        tails = {(h, f): us for (b, h, f), us in medians.items() if b == "tail"}
         if missing or not blocks:
             continue  # an unfinished grid point (interrupted run) cannot price anything yet
         fit = calibration.get(calibration_key(phase, batch, context), {})
@@ -65,6 +68,7 @@ def build_lookup(table: LatencyTable, calibrated: bool = True) -> dict[tuple[str
             block_us=blocks,
             scale=float(fit.get("scale", 1.0)),
             offset_us=float(fit.get("offset_us", 0.0)),
+            tail_us=tails,
         )
     return models
 

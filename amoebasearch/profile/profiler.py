@@ -195,6 +195,9 @@ def profile_model(
     done = table.done()
     widths = width_options(dims, ffn_step)
     rounds_file = rounds_path(table.path) if table.path is not None else None
+    if getattr(ctx.runtime, "engine_level", False):
+        profile_engine(model, table, ctx, points, widths, settings, interleave or ENGINE_GROUP, progress)
+        return table
     if "layer_index_check" not in table.meta and points:
         table.meta["layer_index_check"] = check_layer_independence(model, ctx, points[0], settings)
     for point in points:
@@ -217,6 +220,51 @@ def profile_model(
     return table
 
 
+# widths timed together by an engine-level runtime: each holds two whole models per loaded copy
+ENGINE_GROUP = 8
+
+
+def profile_engine(
+    model: nn.Module,
+    table: LatencyTable,
+    ctx: Context,
+    points: list[Point],
+    widths: list[tuple[int, int]],
+    settings: dict,
+    group: int,
+    progress: Callable[[int], Any] | None,
+) -> None:
+    """Every missing row for an engine-level runtime (`profile.engine`), ``group`` widths at a time:
+    each group's models are built (and exported) once and timed at every point that lacks them; a
+    point's overhead is set by its first group and kept by the rest."""
+    from amoebasearch.profile.engine import engine_models, engine_rows
+
+    def missing(point: Point) -> list[tuple[int, int]]:
+        done = table.done()
+        return [w for w in widths if ("decoder", *w, point.phase, point.batch, point.context) not in done]
+
+    def overhead(point: Point) -> float | None:
+        rows = table.rows
+        mine = rows[(rows.block == "overhead") & (rows.phase == point.phase)]
+        mine = mine[(mine.batch == point.batch) & (mine.context == point.context)]
+        return float(mine["median_us"].iloc[0]) if len(mine) else None
+
+    todo = [w for w in widths if any(w in missing(p) for p in points)]
+    if progress:
+        progress(sum(len(widths) - len(missing(p)) + (overhead(p) is not None) for p in points))
+    for start in range(0, len(todo), group):
+        models = engine_models(model, todo[start : start + group])
+        for point in points:
+            chunk = set(missing(point))
+            if not chunk:
+                continue
+            fixed = overhead(point)
+            mine = [entry for entry in models if entry[0] in chunk]
+            table.append(engine_rows(mine, ctx.runtime, ctx.generator, point, settings, fixed))
+            if progress:
+                progress(len(mine) // 2 + (fixed is None))
+
+
 def steps(dims: ModelDims, points: list[Point], ffn_step: int) -> int:
     """Progress-bar total: one fixed group plus every width, per point."""
     return len(points) * (1 + len(width_options(dims, ffn_step)))
@@ -224,11 +272,6 @@ def steps(dims: ModelDims, points: list[Point], ffn_step: int) -> int:
 
 def stack_depth(dims: ModelDims) -> int:
     return min(STACK, dims.num_layers)
-
-
-def default_threads(device: str) -> int:
-    """One CPU thread by default: on a shared host a single thread is timed far more reproducibly."""
-    return 1 if not device.startswith("cuda") else torch.get_num_threads()
 
 
 def table_meta(
@@ -286,15 +329,19 @@ def open_table(
     from amoebasearch.profile.table import load_table, table_name, validation_path
 
     meta = table_meta(model_name, config, runtime, device, dtype, points, settings)
-    path = Path(out_dir) / f"{table_name(model_name, device_slug(meta['device']), runtime.name, dtype)}.csv"
+    threads = None if device.startswith("cuda") else meta["settings"]["threads"]
+    path = Path(out_dir) / f"{table_name(model_name, device_slug(meta['device']), runtime.name, dtype, threads)}.csv"
     if resume and path.is_file():
         table = load_table(path, meta["model"]["signature"], model_name)
         old = table.meta
         old_settings = old.setdefault("settings", {})
-        if (
-            old["device"].get("name") != meta["device"].get("name")
-            or old.get("runtime", {}).get("name") != runtime.name
-        ):
+        from amoebasearch.profile.fingerprint import same_cpu
+
+        if meta["device"].get("kind") == "cpu":
+            same_device = same_cpu(old["device"], meta["device"])
+        else:
+            same_device = old["device"].get("name") == meta["device"].get("name")
+        if not same_device or old.get("runtime", {}).get("name") != runtime.name:
             raise UsageError(f"{path} was measured on another device or runtime: remove it or drop --resume")
         was, now = old_settings.get("malloc"), settings.get("malloc")
         if was and now and was != now:

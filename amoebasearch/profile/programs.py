@@ -67,6 +67,8 @@ def stack_program(stack: nn.Module, point: Point, ctx: Context) -> Program:
 
 def model_program(model: nn.Module, point: Point, ctx: Context) -> Program:
     """One end-to-end step of a whole model in the runtime (prefill of N tokens or one decode step)."""
+    if getattr(ctx.runtime, "engine_level", False):
+        return ctx.runtime.engine_program(model, point, ctx.generator)
     if ctx.runtime.native_hf:
         return _hf_program(model, point, ctx)
     dims = ModelDims.from_config(model.config)

@@ -8,10 +8,11 @@ serve every block, width and subnet instead of one compile per subnet; CUDA grap
 by an ORT session, CPU execution provider here, CUDA EP where the installed ORT has it) and, on
 CUDA only, ``cudagraph`` (eager kernels, each whole program captured in one CUDA graph).
 
-The serving engines of the paper's Figure 1 (MLC-LLM, vLLM, TensorRT-LLM) are registered as
-`PluginRuntime` entries that say what to install. To add one, subclass `Runtime`, implement
-``check`` and ``program`` (build the engine for the module's weights; return a callable that
-runs one step), and put an instance in `RUNTIMES`.
+``llamacpp`` (llama.cpp on GGUF files, `profile.engine`) runs whole models only: its tables are
+measured at the engine level, per width from whole models at two depths. The serving engines of
+the paper's Figure 1 (MLC-LLM, vLLM, TensorRT-LLM) are registered as `PluginRuntime` entries that
+say what to install; they plug in the same way, as subclasses of `engine.EngineRuntime` with an
+``engine_program`` (load the model file, return one timed step), put in `RUNTIMES`.
 """
 
 from __future__ import annotations
@@ -44,9 +45,16 @@ class Runtime:
     #: row: where copies of one program differ by where their weights land, a validation subnet's
     #: reference latency needs more of them than a block row, which its every subnet shares
     validation_copies_factor = 1
+    #: ``--instances`` when not given
+    default_instances = 3
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         """Raise `UsageError` if this runtime cannot run on ``device`` in ``dtype``."""
+
+    def default_threads(self) -> int:
+        """CPU threads the runtime uses when its user sets none: a table is timed at this count
+        unless ``--threads`` says otherwise (for PyTorch, torch's own default in this process)."""
+        return torch.get_num_threads()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapt a freshly extracted model in place before its modules are wrapped (default: none)."""
@@ -401,7 +409,7 @@ class PluginRuntime(Runtime):
             raise UsageError(f"runtime {self.name} is not installed (`{self.install}`); see profile/runtimes.py")
         raise UsageError(
             f"runtime {self.name} is installed but has no amoebasearch adapter yet: "
-            "subclass profile.runtimes.Runtime and register it in RUNTIMES"
+            "subclass profile.engine.EngineRuntime (whole-model timing, as llamacpp) and register it in RUNTIMES"
         )
 
 
@@ -410,17 +418,37 @@ RUNTIMES: dict[str, Runtime | Callable[[], Runtime]] = {
     "compile": CompileRuntime,
     "onnxruntime": OnnxRuntime,
     "cudagraph": CudaGraphRuntime,
+    "llamacpp": lambda: _llamacpp(),
     "mlc-llm": lambda: PluginRuntime("mlc-llm", "mlc_llm", "pip install mlc-llm (see llm.mlc.ai)"),
     "vllm": lambda: PluginRuntime("vllm", "vllm", "pip install vllm (CUDA only)"),
     "tensorrt-llm": lambda: PluginRuntime("tensorrt-llm", "tensorrt_llm", "pip install tensorrt-llm (CUDA only)"),
 }
 
 
-def get_runtime(name: str, device: str, dtype: torch.dtype) -> Runtime:
-    """A checked runtime instance, or `UsageError` naming the known ones."""
+def _llamacpp() -> Runtime:
+    from amoebasearch.profile.engine import LlamaCppRuntime
+
+    return LlamaCppRuntime()
+
+
+def default_threads(name: str) -> int:
+    """The thread count runtime ``name`` starts with on this host (see `Runtime.default_threads`)."""
+    if name not in RUNTIMES:
+        raise UsageError(f"unknown runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
+    factory = RUNTIMES[name]
+    return (factory() if callable(factory) else factory).default_threads()
+
+
+def get_runtime(name: str, device: str, dtype: torch.dtype, quant: str | None = None) -> Runtime:
+    """A checked runtime instance, or `UsageError` naming the known ones. ``quant`` is the weight
+    format of a runtime that quantises its own model files (llamacpp: q8_0, q4_k_m, f16, f32)."""
     if name not in RUNTIMES:
         raise UsageError(f"unknown runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
     factory = RUNTIMES[name]
     runtime = factory() if callable(factory) else factory
+    if quant is not None:
+        if not hasattr(runtime, "quant"):
+            raise UsageError(f"--quant sets the weight format of --runtime llamacpp; runtime {name} runs --dtype")
+        runtime.quant = quant
     runtime.check(device, dtype)
     return runtime

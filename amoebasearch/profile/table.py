@@ -1,8 +1,10 @@
 """Latency tables on disk: a CSV of rows (pandas) plus a JSON sidecar saying what was measured.
 
 One row per building block x width option x phase x batch x context. ``block`` is one of
-``embedding``, ``decoder`` (with its ``heads``/``ffn`` width), ``head`` (final norm + LM head)
-or ``overhead`` (the fixed per-call glue); non-decoder rows carry heads = ffn = 0. ``source`` is
+``embedding``, ``decoder`` (with its ``heads``/``ffn`` width), ``head`` (final norm + LM head),
+``overhead`` (the fixed per-call glue) or, in tables of engines timed on whole models, ``tail``
+(a width's own share of what one call costs beside its blocks, see `profile.engine`); embedding,
+head and overhead rows carry heads = ffn = 0. ``source`` is
 ``measured`` or ``estimated``. The sidecar holds the device fingerprint, library versions, the
 model signature, runtime, dtype, the grid and harness settings, and the predictor calibration.
 
@@ -43,8 +45,11 @@ KEY = ("block", "heads", "ffn", "phase", "batch", "context")
 FORMAT = 1
 
 
-def table_name(model: str, device_slug: str, runtime: str, dtype: str) -> str:
-    return f"{model}-{device_slug}-{runtime}-{dtype}"
+def table_name(model: str, device_slug: str, runtime: str, dtype: str, threads: int | None = None) -> str:
+    """``<model>-<device>[-t<threads>]-<runtime>-<dtype>``: a CPU table names the thread count it
+    was timed at (latency on a CPU depends on it as much as on the chip); a GPU table does not."""
+    thread_part = f"-t{threads}" if threads else ""
+    return f"{model}-{device_slug}{thread_part}-{runtime}-{dtype}"
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -129,6 +134,15 @@ class LatencyTable:
     @property
     def estimated(self) -> bool:
         return self.meta.get("source") == "estimated"
+
+    @property
+    def threads(self) -> int | None:
+        """CPU threads the table was timed at (None for a GPU or spec-sheet table)."""
+        device = self.meta.get("device", {})
+        if device.get("kind") != "cpu":
+            return None
+        threads = self.meta.get("settings", {}).get("threads") or device.get("threads_used")
+        return int(threads) if threads else None
 
     def warning(self) -> str | None:
         """What `find` (or any user of the table) should print before trusting it, if anything."""
@@ -262,8 +276,10 @@ def load_table(path: str | Path, signature: str | None = None, model_name: str =
     for column in NUMERIC_COLUMNS:
         if not rows.empty and pd.to_numeric(rows[column], errors="coerce").isna().any():
             raise UsageError(f"{path}: column {column} holds non-numbers: re-run `amoebasearch profile` for this table")
-    # the overhead row is a fitted remainder and may be negative; a block cannot take no time
-    if (pd.to_numeric(rows.loc[rows.block != "overhead", "median_us"]) <= 0).any():
+    # overhead and tail rows are fitted remainders and may be negative; a decoder block cannot take no time,
+    # and the embedding and head take none only where an engine-level table folds them into the overhead
+    medians = pd.to_numeric(rows["median_us"]) if not rows.empty else pd.Series(dtype=float)
+    if (medians[rows.block == "decoder"] <= 0).any() or (medians[rows.block.isin(("embedding", "head"))] < 0).any():
         raise UsageError(f"{path}: a block row has a latency <= 0: re-run `amoebasearch profile` for this table")
     table = LatencyTable(rows[list(COLUMNS)], meta, path)
     if signature is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,16 @@ from amoebasearch.models import DEFAULT_MODEL, load, load_config, model_signatur
 from amoebasearch.planfile import Plan
 from amoebasearch.profile.accuracy import validation_warning
 from amoebasearch.profile.predict import point_model, table_space
+from amoebasearch.profile.runtimes import RUNTIMES
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
+from amoebasearch.search.deploy import table_quant, verify
 from amoebasearch.search.margin import Margin, budget_margin
 from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
-from amoebasearch.search.tables import choose_table
+from amoebasearch.search.tables import check_table_threads, choose_table
 from amoebasearch.shape import Shape
 
 METRICS = tuple(HIGHER_IS_BETTER)
@@ -62,6 +65,9 @@ class FindRequest:
     verify: bool = False
     seed: int = 0
     progress: bool = True
+    threads: int | None = None  # CPU threads deployed at (None: the runtime's default on this host)
+    quant: str | None = None  # llamacpp: the GGUF quantisation deployed (None: its table's, or q8_0 for an export)
+    export_format: str = "hf"  # or "gguf"
 
 
 def content_digest(data: str) -> dict[str, str]:
@@ -90,6 +96,7 @@ class QualitySource:
         self._loaded: Any = None
         self._supernet: Any = None
         self._evaluate: Callable[[Shape], float] | None = None
+        self.held_out = None  # ppl: the held-out token chunks, once loaded
         self._items = None
         if request.metric == "accuracy" and request.data:  # a bad file fails now, before any search
             from amoebasearch.data import read_choice_items
@@ -143,6 +150,7 @@ class QualitySource:
         corpus = None if calib_data in ("default", DEFAULT_CORPUS) else calib_data
         if self.request.metric == "ppl":
             split = plan_split(tokenizer, self.plan.calibration, settings["eval_tokens"], path=self.request.data)
+            self.held_out = split.held_out  # what `deploy.gguf_perplexity` scores the deployed file on
             return HeldOutPerplexity(logits_fn, split.held_out)
         items = self._items
         if items is None:  # the cloze task: embedded corpus, minus what calibrated the plan
@@ -158,6 +166,11 @@ class QualitySource:
         self.load()
         return self._evaluate(shape)
 
+    @property
+    def tokenizer(self) -> Any:
+        self.load()
+        return self._loaded.tokenizer
+
     def subnet(self, shape: Shape) -> Any:
         """The standalone subnet (sliced weights; the shape's LoRAs merged for a trained supernet)."""
         from amoebasearch.export import extract
@@ -167,10 +180,11 @@ class QualitySource:
             return self._supernet.export(shape)
         return extract(self._loaded.model, shape, self.plan.ordering)
 
-    def export(self, shape: Shape, out: str) -> Path:
-        from amoebasearch.export import save_subnet
+    def export(self, shape: Shape, out: str, fmt: str = "hf", quant: str | None = None) -> Path:
+        """The subnet written to ``out``: a model directory, or (``fmt`` gguf) the GGUF file's path."""
+        from amoebasearch.cli.export import write_subnet
 
-        return save_subnet(self.subnet(shape), out, self._loaded.tokenizer, flag="--export")
+        return write_subnet(self.subnet(shape), out, self._loaded.tokenizer, fmt, quant, flag="--export")
 
 
 def base_override(request: FindRequest) -> str | None:
@@ -219,15 +233,37 @@ def open_quality_cache(request: FindRequest, source: str, eval_settings: dict[st
 
 
 def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
+    from amoebasearch.profile.fingerprint import cpu_fingerprint, device_fingerprint, device_slug
+    from amoebasearch.profile.runtimes import default_threads
+
     if request.table:
-        return load_table(request.table, signature, name)
+        table = load_table(request.table, signature, name)
+        runtime = table.meta.get("runtime", {}).get("name", request.runtime)
+        if table.threads is not None and runtime in RUNTIMES:
+            check_table_threads(table, request.threads, default_threads(runtime), cpu_fingerprint())
+        if request.quant and table_quant(table) != request.quant:
+            raise UsageError(
+                f"--profile {table.path} was timed at {table_quant(table) or table.meta.get('dtype')}, not "
+                f"--quant {request.quant}: drop --quant, or pass that quantisation's table"
+            )
+        return table
     from amoebasearch.devices import check_device
-    from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
 
     # the table is found by the device's fingerprint, so the device must be here
     device = check_device(request.device, instead="pass --profile TABLE to search its table")
-    slug = device_slug(device_fingerprint(device))
-    return choose_table(request.profiles, signature, slug, request.runtime, name, device)
+    fingerprint = device_fingerprint(device)
+    threads = None if device.startswith("cuda") else request.threads or default_threads(request.runtime)
+    return choose_table(
+        request.profiles,
+        signature,
+        fingerprint,
+        device_slug(fingerprint),
+        request.runtime,
+        name,
+        device,
+        threads,
+        request.quant,
+    )
 
 
 def study_name_for(request: FindRequest, table: LatencyTable, source: str, margin: Margin) -> str:
@@ -298,6 +334,7 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         "metric": request.metric,
         "table": str(table.path),
         "table_source": "estimated" if table.estimated else "measured",
+        "threads": table.threads,
         "point": {"phase": request.phase, "batch": request.batch, "context": request.context},
         "best": _candidate_dict(result.best),
         "front": [_candidate_dict(c) for c in result.front],
@@ -308,83 +345,49 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
         "study": study_name,
         "storage": str(storage_url(request)),
     }
-    if request.export:
-        report["export"] = str(quality.export(result.best.shape, request.export))
-    if request.verify:
-        from amoebasearch.profile.blocks import Point
+    with tempfile.TemporaryDirectory(prefix="amoebasearch-find-") as scratch:
+        deployed = deploy(request, table, quality, result.best, report, Path(scratch))
+        if deployed is not None and request.metric == "ppl":  # a quantised file: its quality in llama.cpp too
+            from amoebasearch.profile.runtimes import default_threads
+            from amoebasearch.search.deploy import gguf_perplexity
 
-        if request.export:  # measure exactly what was written, reloaded with plain transformers
+            quality.load()
+            threads = table.threads or default_threads("llamacpp")
+            report["best"]["quality_gguf"] = round(gguf_perplexity(deployed, quality.held_out, threads), 6)
+    return report
+
+
+def deploy(
+    request: FindRequest, table: LatencyTable, quality: QualitySource, best: Candidate, report: dict, scratch: Path
+) -> Path | None:
+    """``--export`` and ``--verify`` of the chosen subnet (into ``report``); the GGUF file deployed
+    in llama.cpp (exported, or written only to be timed) where the table is llama.cpp's, else None."""
+    from amoebasearch.profile.blocks import Point
+
+    quant = table_quant(table)
+    if request.export:
+        fmt = request.export_format
+        export_quant = request.quant or quant if fmt == "gguf" else None
+        if quant and fmt == "gguf" and export_quant != quant:
+            raise UsageError(f"--quant {export_quant}: the table was timed at {quant}; export what it priced")
+        report["export"] = str(quality.export(best.shape, request.export, fmt, export_quant))
+    gguf = Path(report["export"]) if request.export and request.export_format == "gguf" else None
+    if request.verify or (quant and request.metric == "ppl"):
+        if request.export and gguf is None:  # measure exactly what was written, reloaded with plain transformers
             from transformers import AutoModelForCausalLM
 
             subnet = AutoModelForCausalLM.from_pretrained(request.export)
         else:
-            subnet = quality.subnet(result.best.shape)
-        point = Point(request.phase, request.batch, request.context)
-        report["verify"] = verify(table, subnet, result.best.latency_ms, point, request.device)
-        report["verify"]["within_budget"] = report["verify"]["measured_ms"] <= request.budget_ms
-    return report
+            subnet = quality.subnet(best.shape)
+        if quant and gguf is None:  # the file llama.cpp runs, for --verify and the quality it serves
+            from amoebasearch.export_gguf import write_gguf
 
-
-def verify(
-    table: LatencyTable,
-    subnet: Any,
-    predicted_ms: float,
-    point: Any,
-    device: str,
-    repeats: int = 41,
-    rounds: int = 3,
-    agree: float = 0.03,
-) -> dict[str, Any]:
-    """Measure ``subnet`` end to end in the table's runtime, device, dtype and threads, at the
-    table point the budget is for, with the profiler's own harness; compare with the prediction.
-
-    A shared machine can slow one whole round down (another process on the pinned core), so the
-    subnet is measured in up to ``rounds`` rounds of ``repeats`` calls, stopping once two round
-    medians agree within ``agree``; the reported figure is the lowest round median, the machine's
-    undisturbed speed, which is how the table's rows were measured too. Every round is reported.
-
-    The process takes the table's allocation policy first (`timing.same_malloc_policy`), so the
-    subnet is measured as the table's rows were: where weights land changes a program's speed
-    (`benchmarks/malloc_policy.py` measures the policy's effect; on the noisy 2-core VM of stop 27
-    it could not be told from the host's drift).
-    """
-    import torch
-
-    from amoebasearch.profile import timing
-    from amoebasearch.profile.programs import Context, model_program
-    from amoebasearch.profile.runtimes import get_runtime
-
-    meta = table.meta
-    if meta.get("device", {}).get("kind") == "cpu":
-        device = "cpu"
-    elif not device.startswith("cuda"):
-        raise UsageError(f"--verify: {table.path} is a GPU table; pass --device cuda:N to measure on that GPU")
-    dtype = getattr(torch, meta.get("dtype", "float32"))
-    threads = int(meta.get("settings", {}).get("threads") or torch.get_num_threads())
-    measured_rounds = []
-    malloc = timing.same_malloc_policy(meta.get("settings", {}).get("malloc"))
-    with timing.measurement_threads(device, threads):
-        runtime = get_runtime(meta["runtime"]["name"], device, dtype)
-        context = Context(runtime, device, dtype, seed=0)
-        model = runtime.prepare_model(subnet.to(device=device, dtype=dtype).eval())
-        program = model_program(model, point, context)
-        for _ in range(rounds):
-            measured_rounds.append(timing.measure(*program, clock=timing.clock_for(device), repeats=repeats))
-            medians = sorted(r.median_us for r in measured_rounds)
-            if len(medians) > 1 and medians[1] <= medians[0] * (1 + agree):
-                break
-    stats = min(measured_rounds, key=lambda r: r.median_us)
-    measured = stats.median_us / 1000.0
-    return {
-        "measured_ms": round(measured, 4),
-        "predicted_ms": round(predicted_ms, 4),
-        "error_pct": round((predicted_ms - measured) / measured * 100.0, 2),
-        "p10_ms": round(stats.p10_us / 1000.0, 4),
-        "p90_ms": round(stats.p90_us / 1000.0, 4),
-        "repeats": repeats,
-        "round_medians_ms": [round(r.median_us / 1000.0, 4) for r in measured_rounds],
-        "malloc": malloc,
-    }
+            gguf = write_gguf(subnet, None, scratch / "subnet.gguf", quant)  # ids in, ids out: no vocabulary needed
+        if request.verify:
+            point = Point(request.phase, request.batch, request.context)
+            measured = verify(table, subnet, best.latency_ms, point, request.device, gguf=gguf if quant else None)
+            report["verify"] = {**measured, "within_budget": measured["measured_ms"] <= request.budget_ms}
+    return gguf if quant else None
 
 
 def known_qualities(request: FindRequest) -> Any:

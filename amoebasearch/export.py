@@ -102,3 +102,17 @@ def save_subnet(subnet: nn.Module, out_dir: str | Path, tokenizer: Any = None, f
             tokenizer.save_pretrained(tmp)
         atomic.write_json(tmp / SHAPE_FILE, subnet.config.amoebasearch["shape"])
     return out
+
+
+def save_export(
+    subnet: nn.Module, out: str | Path, tokenizer: Any, fmt: str = "hf", quant: str | None = None, flag="--out"
+):
+    """The export of ``subnet`` as ``fmt``: a Hugging Face model directory (returned), or ("gguf")
+    one GGUF file at ``quant`` (default q8_0) in that directory (its path returned)."""
+    if fmt == "gguf":
+        from amoebasearch.export_gguf import save_gguf
+
+        if tokenizer is None:
+            raise UsageError("a GGUF export carries the tokenizer, and this model has none: pass a model with one")
+        return save_gguf(subnet, out, tokenizer, quant or "q8_0", flag=flag)
+    return save_subnet(subnet, out, tokenizer, flag=flag)

@@ -101,7 +101,8 @@ def main_selection(frame: pd.DataFrame) -> str:
 
 def table_label(table: LatencyTable) -> str:
     meta = table.meta
-    return f"{meta['device']['name']} · {meta['runtime']['name']} · {meta.get('dtype', '?')}"
+    threads = f" · {table.threads} thread{'s' if table.threads > 1 else ''}" if table.threads else ""
+    return f"{meta['device']['name']} · {meta['runtime']['name']} · {meta.get('dtype', '?')}{threads}"
 
 
 def candidates(

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         f"shipped measured tables: {int(shipped['pass'].sum())} of {len(shipped)} points meet the bar; "
         f"not shipped: {int((~frame['shipped']).sum())} points (in {os.path.relpath(retired) if retired else '-'})"
     )
-    meta = {"machine": machine(), "bar": asdict(BAR), "profiles": str(folder), "retired": str(retired or "")}
+    where = {"profiles": os.path.relpath(folder), "retired": os.path.relpath(retired) if retired else ""}
+    meta = {"machine": machine(), "bar": asdict(BAR), **where}
     Path(f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {stem}.csv and .png")
     return 0

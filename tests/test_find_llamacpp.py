@@ -25,7 +25,8 @@ def test_find_deploys_the_measured_gguf_and_scores_it_in_llama_cpp(tmp_path, cap
     out = tmp_path / "subnet"
     capsys.readouterr()
     args = ["find", "--model", str(checkpoint), "--data", str(data), "--eval-tokens", "256", "--trials", "6",
-            "--budget", "100ms", "--out", str(tmp_path / "run"), "--json", "--verify", "--export", str(out)]  # fmt: skip
+            "--budget", "100ms", "--out", str(tmp_path / "run"), "--json", "--verify",
+            "--export", str(out)]  # fmt: skip
     assert main([*args, "--runtime", "llamacpp", "--profiles", str(profiles), "--format", "gguf"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["table"] == str(table) and report["threads"]

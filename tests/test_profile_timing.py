@@ -164,3 +164,17 @@ def test_a_table_s_allocation_policy_is_taken_before_measuring_against_it():
     assert timing.same_malloc_policy("default").startswith("default")
     taken = timing.same_malloc_policy("glibc mmap/trim thresholds fixed at 131072 bytes")
     assert taken.startswith("glibc mmap/trim thresholds fixed at 131072 bytes") or taken.startswith("default")
+
+
+def test_min_seconds_stretches_short_rounds_only():
+    """A program of about a millisecond gets rounds enough to fill the time asked for (capped at ten
+    times the repeats); a round already that long keeps the repeats asked for."""
+    import time as clock
+
+    from amoebasearch.profile.timing import sample_interleaved
+
+    short = (lambda _: clock.sleep(0.001), lambda: None, None)
+    samples = sample_interleaved([short], repeats=20, min_seconds=0.1)
+    assert 40 <= len(samples[0]) <= 200
+    assert len(sample_interleaved([short], repeats=20, min_seconds=5.0)[0]) == 200  # the cap
+    assert len(sample_interleaved([short], repeats=20)[0]) == 20

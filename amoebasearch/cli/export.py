@@ -8,7 +8,7 @@ import sys
 
 from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args, positive_int
 from amoebasearch.errors import UsageError
-from amoebasearch.export import check_export_dir, extract, save_subnet
+from amoebasearch.export import check_export_dir, extract, save_export
 from amoebasearch.models import DEFAULT_MODEL, load, load_config
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
@@ -58,17 +58,6 @@ def check_format(args: argparse.Namespace) -> None:
         raise UsageError("--quant sets the weights of a GGUF export: add --format gguf, or drop --quant")
 
 
-def write_subnet(subnet, out: str, tokenizer, fmt: str, quant: str | None, flag: str = "--out"):
-    """The export of ``subnet`` in ``fmt``: the model directory, or the GGUF file's path."""
-    if fmt == "gguf":
-        from amoebasearch.export_gguf import save_gguf
-
-        if tokenizer is None:
-            raise UsageError("a GGUF export carries the tokenizer, and this model has none: pass a model with one")
-        return save_gguf(subnet, out, tokenizer, quant or "q8_0", flag=flag)
-    return save_subnet(subnet, out, tokenizer, flag=flag)
-
-
 def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Ordering) -> Shape:
     """The shape named on the command line, validated against the model."""
     by_dims = any(v is not None for v in (args.depth, args.heads, args.ffn))
@@ -97,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     shape = shape_from_args(args, dims, ordering)  # validate before the (slow) weight load
     loaded = load(args.model)
     subnet = extract(loaded.model, shape, ordering)
-    out = write_subnet(subnet, args.out, loaded.tokenizer, args.format, args.quant)
+    out = save_export(subnet, args.out, loaded.tokenizer, args.format, args.quant)
     params = sum(p.numel() for p in subnet.parameters())
     print(f"exported {shape} ({params:,} parameters) to {out}")
     return 0
@@ -115,7 +104,7 @@ def run_supernet(args: argparse.Namespace) -> int:
     if shape not in supernet.space:
         print(f"note: {shape} lies outside the shape space the supernet was trained on", file=sys.stderr)
     subnet = supernet.export(shape)
-    out = write_subnet(subnet, args.out, supernet.loaded.tokenizer, args.format, args.quant)
+    out = save_export(subnet, args.out, supernet.loaded.tokenizer, args.format, args.quant)
     params = sum(p.numel() for p in subnet.parameters())
     loras = subnet.config.amoebasearch["supernet"]["loras"]
     print(f"exported {shape} ({params:,} parameters, LoRAs {loras} merged) to {out}")

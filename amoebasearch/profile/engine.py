@@ -51,6 +51,8 @@ class EngineRuntime(Runtime):
     # through two whole models); a validation subnet, the reference, is the median of three loads
     default_instances = 1
     validation_copies_factor = 3
+    # a whole-model decode step takes milliseconds: time every group for seconds, not 21 steps
+    min_round_seconds = 8.0
 
     def engine_program(self, model: nn.Module, point: Point, generator: torch.Generator):
         """A ``(run, make_input, reset)`` program: one step of ``model`` at ``point`` in the engine."""
@@ -182,7 +184,12 @@ def engine_rows(
         fix=f"lower --instances (now {count})",
     )
     stats = timing.measure_interleaved(
-        programs, clock=timing.Clock(), warmup=settings["warmup"], repeats=settings["repeats"], alternate=True
+        programs,
+        clock=timing.Clock(),
+        warmup=settings["warmup"],
+        repeats=settings["repeats"],
+        alternate=True,
+        min_seconds=runtime.min_round_seconds,
     )
     del programs
     per_model = {

@@ -406,7 +406,10 @@ class PluginRuntime(Runtime):
 
     def check(self, device: str, dtype: torch.dtype) -> None:
         if importlib.util.find_spec(self.module) is None:
-            raise UsageError(f"runtime {self.name} is not installed (`{self.install}`); see profile/runtimes.py")
+            raise UsageError(
+                f"runtime {self.name} is not installed (`{self.install}`); it plugs in as an engine-level runtime "
+                "(subclass profile.engine.EngineRuntime, as llamacpp does)"
+            )
         raise UsageError(
             f"runtime {self.name} is installed but has no amoebasearch adapter yet: "
             "subclass profile.engine.EngineRuntime (whole-model timing, as llamacpp) and register it in RUNTIMES"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import re
 import statistics
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MIN_REPEATS = 20
+MAX_REPEAT_FACTOR = 10  # `sample_interleaved`'s ``min_seconds`` stretches ``repeats`` at most this much
 SPREAD_LIMIT = 1.05  # p90/p10 above this flags a noisy measurement
 COLLECTOR_POLICY = "cyclic garbage collector off while timing"  # recorded in a table's settings
 
@@ -134,9 +136,12 @@ def measure(
     clock: Clock | None = None,
     warmup: int = 3,
     repeats: int = MIN_REPEATS,
+    min_seconds: float = 0.0,
 ) -> Stats:
-    """Time ``run(make_input())``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
-    return measure_interleaved([(run, make_input, reset)], clock=clock, warmup=warmup, repeats=repeats)[0]
+    """Time ``run(make_input())``: ``warmup`` untimed calls, then ``repeats`` timed ones (more to
+    fill ``min_seconds``, see `sample_interleaved`)."""
+    programs = [(run, make_input, reset)]
+    return measure_interleaved(programs, clock=clock, warmup=warmup, repeats=repeats, min_seconds=min_seconds)[0]
 
 
 def measure_interleaved(
@@ -148,10 +153,18 @@ def measure_interleaved(
     alternate: bool = False,
     done: Sequence[Sequence[float]] | None = None,
     on_round: Callable[[list[list[float]]], Any] | None = None,
+    min_seconds: float = 0.0,
 ) -> list[Stats]:
     """`sample_interleaved`, summarised per program."""
     samples = sample_interleaved(
-        programs, clock=clock, warmup=warmup, repeats=repeats, alternate=alternate, done=done, on_round=on_round
+        programs,
+        clock=clock,
+        warmup=warmup,
+        repeats=repeats,
+        alternate=alternate,
+        done=done,
+        on_round=on_round,
+        min_seconds=min_seconds,
     )
     return [summarize(s) for s in samples]
 
@@ -165,6 +178,7 @@ def sample_interleaved(
     alternate: bool = False,
     done: Sequence[Sequence[float]] | None = None,
     on_round: Callable[[list[list[float]]], Any] | None = None,
+    min_seconds: float = 0.0,
 ) -> list[list[float]]:
     """Time several ``(run, make_input, reset)`` programs round-robin, one repeat each per round.
 
@@ -184,6 +198,10 @@ def sample_interleaved(
     program's samples after each complete round, outside any program's timing, which is where a
     caller saves them; the lists are the harness's own, still growing, so it must not keep them
     past the call without copying.
+
+    ``min_seconds`` asks for more rounds than ``repeats`` where a round is short: as many as fill
+    that long at the round's duration seen in warm-up (at most `MAX_REPEAT_FACTOR` x ``repeats``),
+    so programs of a few milliseconds get a median over seconds of host time, not a fraction of one.
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats are needed for stable medians, got {repeats}")
@@ -193,11 +211,18 @@ def sample_interleaved(
     if samples and len(samples[0]) > repeats:
         raise ValueError(f"done holds {len(samples[0])} rounds, more than the {repeats} repeats asked for")
     clock = clock or Clock()
+    round_s = 0.0
     for run, make_input, reset in programs:
         for _ in range(warmup):
-            run(make_input())
+            data = make_input()
+            begin = time.perf_counter()
+            run(data)
+            last = time.perf_counter() - begin
             if reset is not None:
                 reset()
+        round_s += last if warmup else 0.0
+    if min_seconds > 0 and round_s > 0:
+        repeats = max(repeats, min(math.ceil(min_seconds / round_s), MAX_REPEAT_FACTOR * repeats))
     forward = list(enumerate(programs))
     with collector_paused():
         for round_index in range(len(samples[0]) if samples else 0, repeats):

@@ -168,6 +168,7 @@ def measure_group(
     tolerance: float,
     pause_s: float = 0.0,
     report: Callable[[str], Any] | None = None,
+    min_seconds: float = 0.0,
 ):
     """Time ``programs`` plus the sentinel, interleaved; retry while the sentinel is off its usual value.
 
@@ -182,12 +183,15 @@ def measure_group(
     Returns the stats of the attempt whose sentinel was closest (every
     attempt is a complete, real measurement of all programs) and what the check saw.
     ``report`` hears why a retry waits (a long validation on a noisy host otherwise looks stuck).
+    ``min_seconds`` stretches short rounds (`timing.sample_interleaved`).
     """
     program, history, table_us = sentinel_and_history
     usual = statistics.median(history) if history else None
     best = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        *stats, check = timing.measure_interleaved([*programs, program], clock=clock, warmup=warmup, repeats=repeats)
+        *stats, check = timing.measure_interleaved(
+            [*programs, program], clock=clock, warmup=warmup, repeats=repeats, min_seconds=min_seconds
+        )
         if usual is None:  # the first group's first attempt sets the usual value
             usual = check.median_us
         history.append(check.median_us)
@@ -372,7 +376,10 @@ def validate_table(
                 total=len(members) * instances,
                 fix=f"lower --validate-instances (now {instances})",
             )
-            stats, check = measure_group(programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report)
+            seconds = getattr(ctx.runtime, "min_round_seconds", 0.0)  # engines: seconds of rounds, as their rows
+            stats, check = measure_group(
+                programs, sentinels[point], clock, warmup, repeats, tolerance, pause_s, report, seconds
+            )
             del programs  # one point's sessions at a time: ONNX Runtime copies every weight
             base = lookup[(point.phase, point.batch, point.context)]
             mine = [stats[slot * instances : (slot + 1) * instances] for slot in range(len(members))]

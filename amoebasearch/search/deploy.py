@@ -76,7 +76,8 @@ def verify(
             model = runtime.prepare_model(subnet.to(device=device, dtype=dtype).eval())
             program = model_program(model, point, context)
         for _ in range(rounds):
-            measured_rounds.append(timing.measure(*program, clock=timing.clock_for(device), repeats=repeats))
+            clock, seconds = timing.clock_for(device), 2.0 if quant else 0.0  # llama.cpp steps: seconds per round
+            measured_rounds.append(timing.measure(*program, clock=clock, repeats=repeats, min_seconds=seconds))
             medians = sorted(r.median_us for r in measured_rounds)
             if len(medians) > 1 and medians[1] <= medians[0] * (1 + agree):
                 break
@@ -88,12 +89,43 @@ def verify(
         "error_pct": round((predicted_ms - measured) / measured * 100.0, 2),
         "p10_ms": round(stats.p10_us / 1000.0, 4),
         "p90_ms": round(stats.p90_us / 1000.0, 4),
-        "repeats": repeats,
+        "repeats": stats.repeats,
         "round_medians_ms": [round(r.median_us / 1000.0, 4) for r in measured_rounds],
         "threads": threads if device == "cpu" else None,
         "malloc": malloc,
         **({"runtime": "llamacpp", "quant": quant, "gguf": str(gguf)} if quant else {}),
     }
+
+
+def deploy(request: Any, table: LatencyTable, quality: Any, best: Any, report: dict, scratch: Path) -> Path | None:
+    """``--export`` and ``--verify`` of the chosen subnet (into ``report``); the GGUF file deployed
+    in llama.cpp (exported, or written only to be timed) where the table is llama.cpp's, else None."""
+    from amoebasearch.profile.blocks import Point
+
+    quant = table_quant(table)
+    if request.export:
+        fmt = request.export_format
+        export_quant = (request.quant or quant) if fmt == "gguf" else None
+        if quant and fmt == "gguf" and export_quant != quant:
+            raise UsageError(f"--quant {export_quant}: the table was timed at {quant}; export what it priced")
+        report["export"] = str(quality.export(best.shape, request.export, fmt, export_quant))
+    gguf = Path(report["export"]) if request.export and request.export_format == "gguf" else None
+    if request.verify or (quant and request.metric == "ppl"):
+        if request.export and gguf is None:  # measure exactly what was written, reloaded with plain transformers
+            from transformers import AutoModelForCausalLM
+
+            subnet = AutoModelForCausalLM.from_pretrained(request.export)
+        else:
+            subnet = quality.subnet(best.shape)
+        if quant and gguf is None:  # the file llama.cpp runs, for --verify and the quality it serves
+            from amoebasearch.export_gguf import write_gguf
+
+            gguf = write_gguf(subnet, None, scratch / "subnet.gguf", quant)  # ids in, ids out: no vocabulary needed
+        if request.verify:
+            point = Point(request.phase, request.batch, request.context)
+            measured = verify(table, subnet, best.latency_ms, point, request.device, gguf=gguf if quant else None)
+            report["verify"] = {**measured, "within_budget": measured["measured_ms"] <= request.budget_ms}
+    return gguf if quant else None
 
 
 def gguf_perplexity(gguf: Path, held_out: Any, threads: int) -> float:

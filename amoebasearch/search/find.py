@@ -25,7 +25,7 @@ from amoebasearch.profile.runtimes import RUNTIMES
 from amoebasearch.profile.table import LatencyTable, load_table
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
-from amoebasearch.search.deploy import table_quant, verify
+from amoebasearch.search.deploy import deploy, table_quant
 from amoebasearch.search.margin import Margin, budget_margin
 from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
 from amoebasearch.search.storage import open_storage
@@ -182,9 +182,9 @@ class QualitySource:
 
     def export(self, shape: Shape, out: str, fmt: str = "hf", quant: str | None = None) -> Path:
         """The subnet written to ``out``: a model directory, or (``fmt`` gguf) the GGUF file's path."""
-        from amoebasearch.cli.export import write_subnet
+        from amoebasearch.export import save_export
 
-        return write_subnet(self.subnet(shape), out, self._loaded.tokenizer, fmt, quant, flag="--export")
+        return save_export(self.subnet(shape), out, self._loaded.tokenizer, fmt, quant, flag="--export")
 
 
 def base_override(request: FindRequest) -> str | None:
@@ -355,39 +355,6 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
             threads = table.threads or default_threads("llamacpp")
             report["best"]["quality_gguf"] = round(gguf_perplexity(deployed, quality.held_out, threads), 6)
     return report
-
-
-def deploy(
-    request: FindRequest, table: LatencyTable, quality: QualitySource, best: Candidate, report: dict, scratch: Path
-) -> Path | None:
-    """``--export`` and ``--verify`` of the chosen subnet (into ``report``); the GGUF file deployed
-    in llama.cpp (exported, or written only to be timed) where the table is llama.cpp's, else None."""
-    from amoebasearch.profile.blocks import Point
-
-    quant = table_quant(table)
-    if request.export:
-        fmt = request.export_format
-        export_quant = request.quant or quant if fmt == "gguf" else None
-        if quant and fmt == "gguf" and export_quant != quant:
-            raise UsageError(f"--quant {export_quant}: the table was timed at {quant}; export what it priced")
-        report["export"] = str(quality.export(best.shape, request.export, fmt, export_quant))
-    gguf = Path(report["export"]) if request.export and request.export_format == "gguf" else None
-    if request.verify or (quant and request.metric == "ppl"):
-        if request.export and gguf is None:  # measure exactly what was written, reloaded with plain transformers
-            from transformers import AutoModelForCausalLM
-
-            subnet = AutoModelForCausalLM.from_pretrained(request.export)
-        else:
-            subnet = quality.subnet(best.shape)
-        if quant and gguf is None:  # the file llama.cpp runs, for --verify and the quality it serves
-            from amoebasearch.export_gguf import write_gguf
-
-            gguf = write_gguf(subnet, None, scratch / "subnet.gguf", quant)  # ids in, ids out: no vocabulary needed
-        if request.verify:
-            point = Point(request.phase, request.batch, request.context)
-            measured = verify(table, subnet, best.latency_ms, point, request.device, gguf=gguf if quant else None)
-            report["verify"] = {**measured, "within_budget": measured["measured_ms"] <= request.budget_ms}
-    return gguf if quant else None
 
 
 def known_qualities(request: FindRequest) -> Any:

@@ -69,6 +69,18 @@ SHAPES = [
 ]
 
 
+def shapes_and_data(loaded, plan: Plan, args) -> tuple:
+    """`SHAPES` laid out by ``plan``, the ShareGPT pairs read (``--data``, ``--examples``), their
+    train / held-out split of ``--seq-len`` sequences (``--heldout`` held out) and the pad id."""
+    shapes = [Shape(plan.ordering.layers_for_depth(d), h, f).validate(loaded.dims) for d, h, f in SHAPES]
+    examples = read_sharegpt(Path(args.data) if args.data else default_instruction_path(), args.examples)
+    sequences = tokenise_examples(examples, loaded.tokenizer, args.seq_len)
+    train_set, heldout = split(sequences, args.heldout, seed=1234)
+    tokenizer = loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return shapes, examples, train_set, heldout, pad
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
@@ -97,14 +109,9 @@ def main() -> None:
 
     device = torch.device(args.device)
     loaded = models.load(args.model)
-    tokenizer = loaded.tokenizer
     plan = Plan.load(args.plan, loaded.model.config) if args.plan else Plan.identity(loaded.model.config)
     space = ShapeSpace(loaded.dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
-    shapes = [Shape(plan.ordering.layers_for_depth(d), h, f).validate(loaded.dims) for d, h, f in SHAPES]
-    examples = read_sharegpt(Path(args.data) if args.data else default_instruction_path(), args.examples)
-    sequences = tokenise_examples(examples, tokenizer, args.seq_len)
-    train_set, heldout = split(sequences, args.heldout, seed=1234)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shapes, examples, train_set, heldout, pad = shapes_and_data(loaded, plan, args)
     print(
         f"{len(examples)} ShareGPT pairs -> {len(train_set)} train / {len(heldout)} held-out sequences "
         f"of <= {args.seq_len} tokens"

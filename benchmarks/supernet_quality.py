@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from finetune_ablation import SHAPES  # noqa: E402
+from finetune_ablation import shapes_and_data  # noqa: E402
 from fingerprint import machine  # noqa: E402
 
 from amoebasearch import atomic, models
@@ -46,7 +46,6 @@ from amoebasearch.search.find import CLOZE, FindRequest, QualitySource
 from amoebasearch.shape import Shape, ShapeSpace
 from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
 from amoebasearch.train.evaluate import perplexity
-from amoebasearch.train.instruct import default_instruction_path, read_sharegpt, split, tokenise_examples
 
 RESULTS = Path(__file__).parent / "results"
 PLAN = RESULTS / "plan-dp-importance-512tok.json"
@@ -98,11 +97,7 @@ def main() -> None:
     tokenizer = loaded.tokenizer
     plan = Plan.load(args.plan, loaded.model.config)
     space = ShapeSpace(loaded.dims, plan.ordering, ffn_step=args.ffn_step, min_depth=args.min_depth)
-    shapes = [Shape(plan.ordering.layers_for_depth(d), h, f).validate(loaded.dims) for d, h, f in SHAPES]
-    examples = read_sharegpt(Path(args.data) if args.data else default_instruction_path(), args.examples)
-    sequences = tokenise_examples(examples, tokenizer, args.seq_len)
-    train_set, heldout = split(sequences, args.heldout, seed=1234)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shapes, examples, train_set, heldout, pad = shapes_and_data(loaded, plan, args)
     smol = SMoLConfig(num_loras=5, top_k=2, rank=args.rank, alpha=2.0 * args.rank)
     torch.manual_seed(args.seed)
     model = SMoLModel(loaded.model.to(device), smol, plan.ordering)  # B = 0: every shape as the plan made it

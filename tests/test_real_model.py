@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import needs_llamacpp
 from transformers import AutoModelForCausalLM
 
 from amoebasearch import models
@@ -72,3 +73,32 @@ def test_conversion_is_cached_and_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "_convert_gguf", must_not_convert)
     assert models.load_config("smollm2-135m").num_hidden_layers == 30
+
+
+@needs_llamacpp
+def test_real_subnet_as_q8_0_gguf_chats_in_llama_cpp(smollm2, tmp_path):
+    """A 28-layer subnet of SmolLM2 as one q8_0 GGUF: llama.cpp reads the chat prompt as transformers
+    tokenises it, its chat template travels in the file, and it answers as the float subnet does."""
+    import gguf
+    import llama_cpp
+
+    from amoebasearch.export_gguf import save_gguf
+    from amoebasearch.llamacpp import Engine, greedy
+
+    subnet = extract(smollm2.model, Shape(tuple(range(28)), 9, 1536))
+    path = save_gguf(subnet, tmp_path / "gguf", smollm2.tokenizer, "q8_0")
+    fields = gguf.GGUFReader(path).fields
+    assert "tokenizer.chat_template" in fields and fields["llama.block_count"].contents() == 28
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = smollm2.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = smollm2.tokenizer(text)["input_ids"]
+    engine = Engine(path, context=256, threads=2)
+    buffer = (llama_cpp.llama_token * 256)()
+    vocab = llama_cpp.llama_model_get_vocab(engine._model)
+    count = llama_cpp.llama_tokenize(vocab, text.encode(), len(text.encode()), buffer, 256, False, True)
+    assert list(buffer[:count]) == ids
+    reply = smollm2.tokenizer.decode(greedy(engine, ids, 12, stop=[smollm2.tokenizer.eos_token_id]))
+    assert "Paris" in reply
+    with torch.no_grad():
+        expected = subnet.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False)[0, len(ids) :]
+    assert greedy(engine, ids, 2) == expected.tolist()  # the quantised file's first words are the float model's

@@ -125,28 +125,35 @@ class LlamaCppRuntime(EngineRuntime):
 
 def gguf_program(path: Path, point: Point, generator: torch.Generator, threads: int):
     """The timed program of a GGUF file in llama.cpp: prefill of ``point.context`` tokens from an
-    empty cache, or one decode step at that context (the cache cut back after every step)."""
+    empty cache, or one decode step at that context (the cache cut back after every step).
+
+    Each timed step follows an untimed one-token step of the same model (in ``make_input``), so
+    its caches hold its own weights as in a decode loop or a server's next request, whatever
+    ran before: on SmolLM2-135M a decode step after a 30-layer model's took 12-17 % longer than
+    after its own.
+    """
     from amoebasearch.llamacpp import Engine
 
     if point.batch != 1:
         raise UsageError("runtime llamacpp times batch 1 (one sequence): pass --batch 1")
     engine = Engine(path, context=point.context + 1, threads=threads)
+    start = point.context if point.phase == "decode" else 0  # where the timed step's tokens go
 
     def ids(count: int) -> list[int]:  # non-zero ids: 0 is often padding
         return torch.randint(1, engine.vocab, (count,), generator=generator).tolist()
 
+    def warmed(count: int) -> list[int]:
+        tokens = ids(count)
+        engine.decode(tokens[:1], start)
+        engine.forget(start)
+        return tokens
+
+    def step(tokens: list[int]) -> None:
+        engine.decode(tokens, start)
+
     if point.phase == "decode":
         engine.decode(ids(point.context), 0)
-
-        def step(tokens: list[int]) -> None:
-            engine.decode(tokens, point.context)
-
-        return step, lambda: ids(1), lambda: engine.forget(point.context)
-
-    def prefill(tokens: list[int]) -> None:
-        engine.decode(tokens, 0)
-
-    return prefill, lambda: ids(point.context), lambda: engine.forget(0)
+    return step, lambda: warmed(point.new_tokens), lambda: engine.forget(start)
 
 
 def time_gguf(path: Path, point: Point, threads: int, repeats: int = 41) -> timing.Stats:
@@ -178,6 +185,7 @@ def engine_rows(
     from amoebasearch.profile.memory import build_within_memory
 
     count = settings["instances"]
+    models = sorted(models, key=lambda entry: _cost(entry, point))  # run there and back: each follows its like
     programs = build_within_memory(
         (runtime.engine_program(stack, point, generator) for _, _, stack in models for _ in range(count)),
         total=len(models) * count,
@@ -197,8 +205,8 @@ def engine_rows(
         for i, (width, depth, _) in enumerate(models)
     }
     lines = {}
-    for width, depth, _ in models[::2]:
-        lo, hi = depth, models[1][1]
+    lo, hi = min(depth for _, depth, _ in models), max(depth for _, depth, _ in models)
+    for width in dict.fromkeys(width for width, _, _ in models):
         low, high = per_model[(width, lo)], per_model[(width, hi)]
         slopes = sorted((getattr(high, q) - getattr(low, q)) / (hi - lo) for q in ("p10_us", "median_us", "p90_us"))
         lines[width] = (slopes, low.median_us - lo * slopes[1], low.repeats + high.repeats, low.noisy or high.noisy)
@@ -211,6 +219,14 @@ def engine_rows(
         rows.append(_row("decoder", heads, ffn, point, slopes, repeats, noisy))
         rows.append(_row("tail", heads, ffn, point, [intercept - overhead_us] * 3, repeats, noisy))
     return rows
+
+
+def _cost(entry: tuple[tuple[int, int], int, nn.Module], point: Point) -> float:
+    """FLOPs of one step of an `engine_models` entry's blocks (what orders a group by size)."""
+    from amoebasearch.profile.estimate import block_cost
+
+    (heads, ffn), depth, stack = entry
+    return depth * block_cost(ModelDims.from_config(stack.config), heads, ffn, point, dtype_bytes=1).flops
 
 
 def _row(block: str, heads: int, ffn: int, point: Point, us: list[float], repeats: int, noisy: bool):

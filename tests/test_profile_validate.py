@@ -194,7 +194,7 @@ def scripted_group(ratios: dict[int, float], calls: list, histories: list):
     from amoebasearch.profile import validate
     from amoebasearch.profile.timing import Stats
 
-    def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s, report=None):
+    def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s, report=None, seconds=0.0):
         number = len(calls)
         calls.append(number)
         histories.append(list(sentinel_and_history[1]))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import AutoModelForCausalLM
 
-from amoebasearch import models
+from amoebasearch import atomic, models
 from amoebasearch.export import extract, save_subnet
 from amoebasearch.export_gguf import write_gguf
 from amoebasearch.planfile import Plan
@@ -35,8 +35,15 @@ from amoebasearch.profile.predict import predict_latency, table_space
 from amoebasearch.profile.table import load_table
 from amoebasearch.search.deploy import table_quant, verify
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 PLAN = RESULTS / "plan-dp-importance-512tok.json"
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results name no machine's folders)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,21 +100,21 @@ def main(argv: list[str] | None = None) -> int:
             "within_10pct": round(float((group["error_pct"].abs() <= 10).mean()), 3),
             "mape_pct": round(float(group["error_pct"].abs().mean()), 2),
             "median_error_pct": round(float(group["error_pct"].median()), 2),
-            "table": str(tables[engine].path),
+            "table": shown(tables[engine].path),
         }
         for engine, group in frame.groupby("engine")
     }
     print(json.dumps(summary, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"deploy_check{args.tag}"
-    frame.to_csv(f"{stem}.csv", index=False)
+    atomic.write_text(f"{stem}.csv", frame.to_csv(index=False))
     meta = {
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},
         "summary": summary,
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": device_fingerprint("cpu"),
     }
-    Path(f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic.write_text(f"{stem}.json", json.dumps(meta, indent=1) + "\n")
     print(f"wrote {stem}.csv and .json")
     return 0
 

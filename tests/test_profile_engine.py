@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import needs_llamacpp
+from conftest import needs_llamacpp, tiny_model
 
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import Point, stack_model
@@ -80,3 +80,51 @@ def test_unplugged_engines_name_what_to_install():
     installed = PluginRuntime("torch-engine", "torch", "pip install torch")  # a module that is installed here
     with pytest.raises(UsageError, match="EngineRuntime"):
         installed.check("cpu", torch.float32)
+
+
+def test_groups_timed_while_the_host_drifted_are_scaled_by_the_reference_width(monkeypatch):
+    """Every group also times the widest model at both depths; a group timed while the host ran
+    30 % slow gets the rows it would have had at the first group's speed, so host drift between
+    groups never turns into a trend across widths."""
+    from amoebasearch.profile import engine, profiler
+    from amoebasearch.profile.blocks import width_options
+    from amoebasearch.profile.programs import Context
+    from amoebasearch.profile.table import LatencyTable
+
+    model = tiny_model("llama", num_hidden_layers=8)
+    dims = ModelDims.from_config(model.config)
+
+    def true_us(config) -> float:  # a linear engine: 50 us fixed, per layer heads x 3 + ffn / 8
+        return 50.0 + config.num_hidden_layers * (config.num_attention_heads * 3 + config.intermediate_size / 8)
+
+    class ScriptedEngine(engine.EngineRuntime):
+        name = "scripted"
+        min_round_seconds = 0.0
+
+        def engine_program(self, stack, point, generator):
+            return (None, lambda config=stack.config: config, None)
+
+    slowdown = iter([1.0, 1.3, 0.8])  # one factor per group, as the host drifts
+
+    def scripted_timing(programs, **_):
+        factor = next(slowdown)
+        times = [true_us(make_input()) * factor for _, make_input, _ in programs]
+        return [timing.Stats(t, t, t, 21) for t in times]
+
+    monkeypatch.setattr(engine.timing, "measure_interleaved", scripted_timing)
+    widths = width_options(dims, 32)
+    assert len(widths) == 8  # two head counts x four FFN widths: three groups of 3
+    ctx = Context(ScriptedEngine(), "cpu", torch.float32)
+    point = Point("decode", 1, 16)
+    table = LatencyTable.empty({"settings": {}})
+    settings = {"warmup": 1, "repeats": 21, "instances": 1}
+    profiler.profile_engine(model, table, ctx, [point], widths, settings, 3, None)
+    priced = PointModel(
+        fixed_us=float(table.rows[table.rows.block == "overhead"].median_us.iloc[0]),
+        block_us={(r.heads, r.ffn): r.median_us for r in table.rows[table.rows.block == "decoder"].itertuples()},
+        tail_us={(r.heads, r.ffn): r.median_us for r in table.rows[table.rows.block == "tail"].itertuples()},
+    )
+    for heads, ffn in widths:
+        config = stack_model(model, heads, ffn, depth=5).config
+        assert priced.raw(Shape(tuple(range(5)), heads, ffn)) == pytest.approx(true_us(config))
+    assert set(table.meta["engine_reference"]) == {"decode/1/16"}

@@ -38,12 +38,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "profile",
         help="measure per-device, per-runtime latency tables (or estimate them from specs)",
         description="Measure every building block of the shape space on one device and runtime, write "
-        "profiles/<model>-<device>-<runtime>-<dtype>.csv (+ .json sidecar), optionally validate the "
-        "predictor on real extracted subnets. With --estimate DEVICE, write a roofline table instead. "
-        "The default grid (prefill and decode, batch 1, context 128, 3 instances) takes 6-10 minutes per runtime "
-        "for SmolLM2-135M on one core of a 2-core AMD EPYC or Intel Xeon VM, plus 20-80 minutes for --validate 50 "
-        "(longer on a noisy host: disturbed groups are timed again). On an H100 (eager, bf16) the table "
-        "took 28 s and 52 validation subnets 4 minutes.",
+        "profiles/<model>-<device>-t<threads>-<runtime>-<dtype>.csv (+ .json sidecar; no -t<N> on GPUs), "
+        "optionally validate the predictor on real extracted subnets. With --estimate DEVICE, write a roofline "
+        "table instead. The default grid (prefill and decode, batch 1, context 128) takes 6-10 minutes for "
+        "eager PyTorch and 11-13 minutes for llama.cpp (whole models at two depths per width) for SmolLM2-135M "
+        "on a 2-core AMD EPYC or Intel Xeon VM, plus 20-80 minutes for --validate 50 (longer on a noisy host: "
+        "disturbed groups are timed again). On an H100 (eager, bf16) the table took 28 s and 52 validation "
+        "subnets 4 minutes.",
     )
     add_model_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")

@@ -178,10 +178,19 @@ def engine_rows(
     point: Point,
     settings: dict,
     overhead_us: float | None,
-) -> list[dict[str, Any]]:
+    reference: tuple[tuple[int, int], dict[str, float] | None],
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Decoder and tail rows of the widths of ``models`` (`engine_models`) at ``point``, plus the
     point's overhead, embedding and head rows when ``overhead_us`` is None (its first group): every
-    model timed round-robin, ``settings["instances"]`` loaded copies of each."""
+    model timed round-robin, ``settings["instances"]`` loaded copies of each.
+
+    A host drifts by several per cent between groups minutes apart, and a group holds neighbouring
+    widths, so without a common yardstick that drift would become a false trend across widths.
+    ``reference`` is ``(width, times)``: ``models`` hold that width at both depths in every group,
+    and every model's times are scaled by how much the reference at its depth sped up or slowed
+    down since ``times`` (its microseconds per depth in the point's first group; None in that
+    group, which sets them). Returns the rows and the reference times.
+    """
     from amoebasearch.profile.memory import build_within_memory
 
     count = settings["instances"]
@@ -204,6 +213,12 @@ def engine_rows(
         (width, depth): timing.median_of_instances(stats[i * count : (i + 1) * count])
         for i, (width, depth, _) in enumerate(models)
     }
+    reference_width, first = reference
+    now = {str(depth): stat.median_us for (width, depth), stat in per_model.items() if width == reference_width}
+    first = first or now
+    per_model = {
+        (width, depth): scaled(stat, first[str(depth)] / now[str(depth)]) for (width, depth), stat in per_model.items()
+    }
     lines = {}
     lo, hi = min(depth for _, depth, _ in models), max(depth for _, depth, _ in models)
     for width in dict.fromkeys(width for width, _, _ in models):
@@ -218,7 +233,11 @@ def engine_rows(
     for (heads, ffn), (slopes, intercept, repeats, noisy) in lines.items():
         rows.append(_row("decoder", heads, ffn, point, slopes, repeats, noisy))
         rows.append(_row("tail", heads, ffn, point, [intercept - overhead_us] * 3, repeats, noisy))
-    return rows
+    return rows, first
+
+
+def scaled(stat: timing.Stats, factor: float) -> timing.Stats:
+    return timing.Stats(stat.median_us * factor, stat.p10_us * factor, stat.p90_us * factor, stat.repeats)
 
 
 def _cost(entry: tuple[tuple[int, int], int, nn.Module], point: Point) -> float:

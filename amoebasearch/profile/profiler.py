@@ -26,6 +26,7 @@ from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
 from amoebasearch.profile.estimate import block_cost
 from amoebasearch.profile.memory import build_within_memory
+from amoebasearch.profile.predict import calibration_key
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
 from amoebasearch.profile.rounds import RoundLog, rounds_path
 from amoebasearch.profile.table import LatencyTable, table_row
@@ -250,19 +251,27 @@ def profile_engine(
         return float(mine["median_us"].iloc[0]) if len(mine) else None
 
     todo = [w for w in widths if any(w in missing(p) for p in points)]
+    reference_width = max(widths)  # every head, the whole FFN: the yardstick timed in every group
+    references = table.meta.setdefault("engine_reference", {})  # point -> the first group's times per depth
     if progress:
         progress(sum(len(widths) - len(missing(p)) + (overhead(p) is not None) for p in points))
     for start in range(0, len(todo), group):
-        models = engine_models(model, todo[start : start + group])
+        mine = todo[start : start + group]
+        models = engine_models(model, mine + [reference_width] * (reference_width not in mine))
         for point in points:
             chunk = set(missing(point))
             if not chunk:
                 continue
             fixed = overhead(point)
-            mine = [entry for entry in models if entry[0] in chunk]
-            table.append(engine_rows(mine, ctx.runtime, ctx.generator, point, settings, fixed))
+            key = calibration_key(point.phase, point.batch, point.context)
+            timed = [entry for entry in models if entry[0] in chunk or entry[0] == reference_width]
+            rows, references[key] = engine_rows(
+                timed, ctx.runtime, ctx.generator, point, settings, fixed, (reference_width, references.get(key))
+            )
+            table.append([row for row in rows if row["block"] not in ("decoder", "tail") or
+                          (row["heads"], row["ffn"]) in chunk])  # fmt: skip
             if progress:
-                progress(len(mine) // 2 + (fixed is None))
+                progress(len(chunk & set(mine)) + (fixed is None))
 
 
 def steps(dims: ModelDims, points: list[Point], ffn_step: int) -> int:

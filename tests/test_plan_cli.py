@@ -66,6 +66,7 @@ def test_resume_refuses_a_checkpoint_from_other_settings(setup, capsys):
     out = tmp / "plan.json"
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     key = {"model": "other", "data": "x", "metric": "kl", "max_remove": 3, "beam": 1}
+    key |= {"split_ends": True, "method": "dp"}
     table = {"num_layers": 4, "max_remove": 3, "values": [], "removed": [], "rows_done": 1, "evaluations": 1}
     ckpt.write_text(json.dumps({"key": key, "table": table}))
     capsys.readouterr()

@@ -26,7 +26,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     add_model_argument(parser)
     parser.add_argument("--data", help="calibration text: .txt, .jsonl or .json (default: the embedded KJV corpus)")
-    parser.add_argument("--method", choices=DEPTH_METHODS, default="dp", help="depth selection (default dp)")
+    parser.add_argument(
+        "--method",
+        choices=DEPTH_METHODS,
+        default="dp",
+        help="depth selection (default dp, the paper's recurrence); validated: DP, block influence and one-shot "
+        "perplexity propose on half the calibration chunks and the lowest perplexity on the other half wins",
+    )
     parser.add_argument(
         "--width-method", choices=WIDTH_METHODS, default="importance", help="head/channel ranking (default importance)"
     )
@@ -116,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
         "max_remove": args.max_remove,
         "beam": args.beam,
         "split_ends": args.split_ends,
+        "method": args.method,
     }
-    table = _load_checkpoint(ckpt, key) if args.resume and args.method == "dp" else None
+    runs_dp = args.method in ("dp", "validated")
+    table = _load_checkpoint(ckpt, key) if args.resume and runs_dp else None
 
-    bar = tqdm(total=num_layers + 1, desc="DP rows", unit="row", disable=args.method != "dp", file=sys.stderr)
+    bar = tqdm(total=num_layers + 1, desc="DP rows", unit="row", disable=not runs_dp, file=sys.stderr)
     bar.update(table.rows_done if table else 0)
 
     def on_row(partial) -> None:
@@ -151,4 +159,21 @@ def run(args: argparse.Namespace) -> int:
         f"{depths[0]}..{depths[-1]}, {split.settings['calibration_tokens']} calibration tokens, "
         f"{plan.metrics['wall_time_s']} s -> {out}"
     )
+    if "depth_validation" in plan.metrics:
+        print(validation_report(plan.metrics["depth_validation"]))
     return 0
+
+
+def validation_report(per_depth: dict[str, dict[str, float | str]]) -> str:
+    """The validation perplexity of the chosen set beside each method's own proposal, per depth."""
+    sources = ["dp", "bi", "ppl"]
+    lines = [
+        "validation perplexity (calibration text not used to propose the sets):",
+        f"{'depth':>5} {'chosen':>9} " + " ".join(f"{name:>8}" for name in sources) + "  from",
+    ]
+    for depth, scores in sorted(per_depth.items(), key=lambda item: -int(item[0])):
+        chosen = scores["chosen"]
+        lines.append(
+            f"{depth:>5} {scores[chosen]:9.2f} " + " ".join(f"{scores[name]:8.2f}" for name in sources) + f"  {chosen}"
+        )
+    return "\n".join(lines)

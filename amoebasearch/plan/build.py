@@ -49,12 +49,17 @@ def make_plan(
     )
     width = select_width(model, chunks, width_method, seed, batch_size)
     metrics: dict[str, Any] = {
-        "depth_metric": {"dp": metric, "ppl": "perplexity"}.get(depth_method),
+        "depth_metric": {"dp": metric, "validated": metric, "ppl": "perplexity"}.get(depth_method),
         "depth_values": {str(dims.num_layers - m): v for m, v in sorted(depth.metric_values.items())},
         "removed_layers": {str(m): list(r) for m, r in sorted(depth.removal.items())},
         "layer_scores": depth.layer_scores,
         "kv_group_scores": width.group_scores(dims),
     }
+    if depth.validation:  # per depth, every proposal's validation perplexity and the one chosen
+        metrics["depth_validation"] = {
+            str(dims.num_layers - m): {"chosen": depth.chosen_from[m], **scores}
+            for m, scores in sorted(depth.validation.items())
+        }
     calibration = {
         **split.settings,
         "metric": metric,

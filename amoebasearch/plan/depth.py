@@ -261,7 +261,7 @@ def naive_dp_evaluations(num_layers: int, max_remove: int) -> int:
 # ---------------------------------------------------------------- the result and the baselines
 
 
-DEPTH_METHODS = ("dp", "bi", "ppl", "last", "random")
+DEPTH_METHODS = ("validated", "dp", "bi", "ppl", "last", "random")
 
 
 @dataclass
@@ -272,6 +272,9 @@ class DepthSelection:
     removal: dict[int, tuple[int, ...]]
     layer_scores: list[float] | None = None  # per-layer criterion of ranking baselines
     metric_values: dict[int, float] = field(default_factory=dict)  # calibration metric per m (DP)
+    validation: dict[int, dict[str, float]] = field(default_factory=dict)  # m -> source -> validation metric
+    chosen_from: dict[int, str] = field(default_factory=dict)  # m -> the source whose set won (validated)
+    runners_up: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # m -> further DP entries
 
     def layer_sets(self, num_layers: int) -> dict[int, tuple[int, ...]]:
         """depth -> kept layers (ascending)."""

@@ -20,8 +20,10 @@ from amoebasearch.plan.depth import (
     from_table,
     random_removal,
 )
+from amoebasearch.plan.evaluate import SubsetScorer
 from amoebasearch.plan.layerwise import LayerRunner
 from amoebasearch.plan.metrics import DEFAULT_METRIC, KLToFull, Metric, Perplexity
+from amoebasearch.plan.validated import choose_on_validation, split_for_validation
 
 
 class ModelEvaluator:
@@ -94,7 +96,8 @@ def select_depth(
     beam: int = 1,
     split_ends: bool = True,
 ) -> DepthSelection:
-    """Removed layers for every removal count 0..max_remove by ``method`` (dp, bi, ppl, last, random).
+    """Removed layers for every removal count 0..max_remove by ``method`` (validated, dp, bi, ppl,
+    last, random).
 
     ``metric`` is the DP's calibration metric; the ``ppl`` baseline always ranks by perplexity, its
     published criterion. ``beam`` sets are kept per DP cell, per ending with ``split_ends`` (both off,
@@ -109,14 +112,57 @@ def select_depth(
         return drop_last(num_layers, max_remove)
     if method == "random":
         return random_removal(num_layers, max_remove, seed)
+    if method == "validated":
+        return validated_selection(model, chunks, metric, max_remove, batch_size, table, on_row, beam, split_ends)
     runner = LayerRunner(model, chunks, batch_size)
     if method == "bi":
         return by_scores("bi", block_influence(runner), max_remove)
     if method == "ppl":
         return by_scores("ppl", removal_metric(runner, Perplexity(chunks)), max_remove)
-    scorer = make_metric(metric, runner)
-    evaluator = ModelEvaluator(runner, scorer)
-    result = dp_depth(evaluator, num_layers, max_remove, table, on_row, beam=beam, split_ends=split_ends)
+    return dp_selection(runner, metric, max_remove, table, on_row, beam, split_ends)
+
+
+def dp_selection(
+    runner: LayerRunner,
+    metric: str,
+    max_remove: int,
+    table: DPTable | None,
+    on_row: Callable[[DPTable], None] | None,
+    beam: int,
+    split_ends: bool,
+) -> DepthSelection:
+    """The DP's best set per removal count on ``runner``'s chunks; every final entry kept as a runner-up."""
+    evaluator = ModelEvaluator(runner, make_metric(metric, runner))
+    result = dp_depth(evaluator, runner.num_layers, max_remove, table, on_row, beam=beam, split_ends=split_ends)
     selection = from_table(result)
     selection.layer_scores = None
+    selection.runners_up = {
+        m: {f"dp#{rank}": removed for rank, (_, removed) in enumerate(cell[1:], start=2)}
+        for m, cell in enumerate(result.cells[result.num_layers])
+        if cell
+    }
     return selection
+
+
+def validated_selection(
+    model: nn.Module,
+    chunks: torch.Tensor,
+    metric: str,
+    max_remove: int,
+    batch_size: int,
+    table: DPTable | None,
+    on_row: Callable[[DPTable], None] | None,
+    beam: int,
+    split_ends: bool,
+) -> DepthSelection:
+    """DP, block influence and one-shot perplexity propose on one half of the chunks; per depth the
+    proposal with the lowest perplexity on the other half wins (`plan.validated`)."""
+    fit, validation = split_for_validation(chunks)
+    runner = LayerRunner(model, fit, batch_size)
+    dp = dp_selection(runner, metric, max_remove, table, on_row, beam, split_ends)
+    proposals = {
+        "dp": dp,
+        "bi": by_scores("bi", block_influence(runner), max_remove),
+        "ppl": by_scores("ppl", removal_metric(runner, Perplexity(fit)), max_remove),
+    }
+    return choose_on_validation(proposals, SubsetScorer(model, validation, batch_size=batch_size), dp.runners_up)

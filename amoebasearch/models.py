@@ -208,7 +208,7 @@ def random_weights(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch
 
     Latency depends on shapes, not on weight values, so a device can be profiled from a
     checkpoint directory holding only ``config.json`` where the weights cannot travel (e.g. a
-    lent GPU with a small upload limit). The table's signature is the config's, as for real weights.
+    remote GPU with a small upload limit). The table's signature is the config's, as for real weights.
     """
     from transformers import AutoModelForCausalLM
 

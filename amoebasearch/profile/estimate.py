@@ -154,7 +154,7 @@ class Cost:
     small projections are bound by their weight reads while its attention at a long context reads
     the KV cache, and a prefill's projections are compute-bound while its norms are not. One
     ``max`` over the block's summed FLOPs and bytes priced every group at the block's bound (on the
-    H200's graphs, stop 22: block MAPE 7-10 %, held-out subnets up to 15.5 %; per group 3-5 % and
+    H200's graphs: block MAPE 7-10 %, held-out subnets up to 15.5 %; per group 3-5 % and
     5.5-11.3 %).
     """
 
@@ -235,7 +235,7 @@ def overlaps_launches(kind: str, runtime: str) -> bool:
 # Typical values for small-batch LLM inference in PyTorch eager on NVIDIA GPUs: large reads reach
 # ~80 % of peak bandwidth, GEMMs of this size ~50 % of dense tensor peak, and each op costs ~8 us of
 # host dispatch + launch. They are assumptions, recorded in the sidecar; a measured table of the
-# kind replaces them by a fit (on the lent H100: ~18.6 us per kernel, efficiencies left at these).
+# kind replaces them by a fit (on an H100: ~18.6 us per kernel, efficiencies left at these).
 DEFAULT_EFFICIENCY = {"gpu": Efficiency(compute=0.5, memory=0.8, kernel_us=8.0, overlap=True)}
 
 
@@ -255,8 +255,8 @@ def _decoder_frame(table: LatencyTable) -> pd.DataFrame:
 
 
 # Weight of the prior per decoder row, on squared log distance of each efficiency from its prior.
-# A table measured where launches dominate (a GPU at batch 1, short context: ~18 us per kernel on the
-# lent H100's host, roofline terms a few us) barely constrains the efficiencies, and an unanchored
+# A table measured where launches dominate (a GPU at batch 1, short context: ~18 us per kernel on an
+# H100's host, roofline terms a few us) barely constrains the efficiencies, and an unanchored
 # fit drove them to 1 % and 3 % of peak, which then priced a batch-8, 2048-token prefill block 18x
 # dearer (17 ms, not 1 ms).
 # At 0.001 a move from 0.5 to 0.01 costs ~0.015 per row, far more than such data gains (rows within
@@ -390,13 +390,13 @@ def measured_tables(folders: Sequence[Path], signature: str, runtime: str = "eag
 
 
 def modelled_runtime(table: LatencyTable) -> str:
-    """The runtime an estimated table prices (tables written before stop 22 priced eager only)."""
+    """The runtime an estimated table prices (older estimated tables priced eager only)."""
     return table.meta["runtime"].get("models", "eager")
 
 
 def estimate_label(runtime: str) -> str:
     """The runtime part of an estimated table's name: ``roofline`` for eager (the names shipped
-    since stop 10), ``roofline-<runtime>`` for another runtime's launch costs."""
+    from the start), ``roofline-<runtime>`` for another runtime's launch costs."""
     return "roofline" if runtime == "eager" else f"roofline-{runtime}"
 
 
@@ -430,7 +430,7 @@ def graph_work(graphs: list[LatencyTable], prior: Efficiency | None) -> Efficien
 
     A replayed graph's rows show the GPU's own work (plus ~3 us between kernels); an eager table
     at batch 1 shows the host launching kernels, whose ~19 us each hide the work and let a fit
-    put the efficiencies anywhere (stop 22: 12 % of peak bandwidth, pricing an eager batch-8,
+    put the efficiencies anywhere (on an H100: 12 % of peak bandwidth, pricing an eager batch-8,
     2048-token prefill of SmolLM2 on an H100 at 77 ms where the H200's graphs measured 25 ms).
     So eager estimates take these two from the graphs and fit only the launch cost.
     """
@@ -456,7 +456,7 @@ def estimate_to_file(
     (a table whose validation missed the bar, kept under benchmarks/results/).
 
     The efficiencies and per-kernel cost are a runtime's as much as a device's: eager pays the
-    host's dispatch per kernel (~19 us on the lent H100), a replayed CUDA graph only the GPU's own
+    host's dispatch per kernel (~19 us on an H100), a replayed CUDA graph only the GPU's own
     gap between kernels (~3 us on the H200). Eager falls back on assumed GPU efficiencies when no
     table of the kind is measured; another runtime needs one measured table of its own.
     """

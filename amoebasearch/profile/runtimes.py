@@ -156,7 +156,7 @@ class GraphOutputCopy(nn.Module):
 
     The blocks of a subnet share one compiled function, and a CUDA-graph replay may reuse the
     memory of an earlier replay's output, which is the very hidden state the next block reads. On
-    the lent H100, without the copy, one-block stacks ran and the first four-block stack failed
+    an H100, without the copy, one-block stacks ran and the first four-block stack failed
     with "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"
     (the copy is what that message advises; not yet re-run on a GPU). The copy (one small device-to-device kernel
     per block) is what any per-block CUDA-graph deployment pays too, so it is timed.
@@ -181,7 +181,7 @@ class CudaGraphRuntime(Runtime):
     (the floor the fixed ``overhead`` row and the calibration carry). Per-block
     ``mode="reduce-overhead"`` (the ``compile`` runtime) does not get there: blocks share one
     compiled function whose parameters are static graph inputs, so every block is its own
-    recording, found by checking invariants on every call (stop 19: no faster than eager).
+    recording, found by checking invariants on every call (on an H100: no faster than eager).
     """
 
     name = "cudagraph"
@@ -210,7 +210,7 @@ class GraphReplay:
     on a side stream, as capture requires.
 
     Each graph keeps its own private memory pool (torch's default). One pool shared by every graph
-    of a run failed on an H200 (stop 21, torch 2.11): once the graphs of one set of programs were
+    of a run failed on an H200 (torch 2.11): once the graphs of one set of programs were
     dropped, the shared pool's use count fell to zero and the next capture into it hit the caching
     allocator's internal assert. A private pool holds only the program's intermediates and output
     (kilobytes to tens of megabytes at these sizes; weights, inputs and KV caches live outside it)
@@ -261,7 +261,7 @@ class OnnxRuntime(Runtime):
     copies_weights = True
     # on the 2-core EPYC, two validations of one decode table timing 3 copies per subnet put 94 % and
     # 90 % of held-out subnets within +-5 % (the reference's own noise: benchmarks/validation_noise.py);
-    # a fresh table validated on 6 copies, 98 % (stop 27)
+    # a fresh table validated on 6 copies, 98 %
     validation_copies_factor = 2
 
     def __init__(self) -> None:

@@ -10,7 +10,7 @@ rows). ``validated`` is the plan's generalising selection (`amoebasearch.plan.va
 Shortened-LLaMA one-shot perplexity; ``last`` drops the last layers.
 
     python benchmarks/depth_domains.py [--domains kjv,python-docs,sharegpt] [--methods validated,bi,ppl,last]
-        [--max-remove 8] [--calib-tokens 2048] [--eval-tokens 2048] [--tag=-name]
+        [--max-remove 8] [--calib-tokens 2048] [--eval-tokens 2048] [--calib-seq-len 64] [--tag=-name]
 
 Writes benchmarks/results/depth_selection-domains{tag}.csv (columns calibrated_on, domain,
 method, removed, depth, heldout_ppl, layers_removed) after every calibration domain, and .json
@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--max-remove", type=int, default=8)
     parser.add_argument("--calib-tokens", type=int, default=2048)
     parser.add_argument("--eval-tokens", type=int, default=2048)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per held-out chunk")
+    parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration chunk (default --seq-len)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -79,7 +80,10 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     loaded = load()
     model, tokenizer = loaded.model, loaded.tokenizer
-    splits = {d: domain_split(tokenizer, d, args.seq_len, args.calib_tokens, args.eval_tokens) for d in args.domains}
+    splits = {
+        d: domain_split(tokenizer, d, args.seq_len, args.calib_tokens, args.eval_tokens, 0, args.calib_seq_len)
+        for d in args.domains
+    }
     scorers = {d: SubsetScorer(model, held, batch_size=args.batch_size) for d, (_, held, _) in splits.items()}
     csv_path = RESULTS / f"depth_selection-domains{args.tag}.csv"
     rows, walls = [], {}

@@ -38,25 +38,37 @@ def domain_documents(name: str) -> list[str]:
 
 
 def domain_split(
-    tokenizer: Any, name: str, seq_len: int, calib_tokens: int, eval_tokens: int, seed: int = 0
+    tokenizer: Any,
+    name: str,
+    seq_len: int,
+    calib_tokens: int,
+    eval_tokens: int,
+    seed: int = 0,
+    calib_seq_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(calibration chunks, held-out chunks, settings): the documents shuffled with ``seed`` and cut
-    in two halves; calibration windows come from the first, held-out windows from the second."""
+    in two halves; calibration windows (``calib_seq_len`` tokens, default ``seq_len``) come from
+    the first, held-out windows (``seq_len``) from the second."""
     docs = domain_documents(name)
     random.Random(seed).shuffle(docs)
     half = len(docs) // 2
-    pools = [chunk_tokens(token_stream(part, tokenizer), seq_len) for part in (docs[:half], docs[half:])]
+    lengths = (calib_seq_len or seq_len, seq_len)
+    pools = [
+        chunk_tokens(token_stream(part, tokenizer), length)
+        for part, length in zip((docs[:half], docs[half:]), lengths, strict=True)
+    ]
     generator = torch.Generator().manual_seed(seed)
     drawn = []
-    for pool, tokens in zip(pools, (calib_tokens, eval_tokens), strict=True):
-        count = -(-tokens // seq_len)
+    for pool, tokens, length in zip(pools, (calib_tokens, eval_tokens), lengths, strict=True):
+        count = -(-tokens // length)
         if count > len(pool):
-            raise SystemExit(f"{name}: {len(pool)} chunks of {seq_len} tokens in half the documents, {count} needed")
+            raise SystemExit(f"{name}: {len(pool)} chunks in half the documents, {count} needed")
         drawn.append(pool[torch.randperm(len(pool), generator=generator)[:count]])
     settings = {
         "domain": name,
         "documents": len(docs),
         "seq_len": seq_len,
+        "calibration_seq_len": lengths[0],
         "calibration_tokens": drawn[0].numel(),
         "held_out_tokens": drawn[1].numel(),
         "seed": seed,

@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=2048)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per held-out chunk")
     parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration chunk (default --seq-len)")
+    parser.add_argument(
+        "--in-stream-order",
+        action="store_true",
+        help="calibration chunks in document-stream order: validated selection's fit and validation "
+        "halves then come from different documents",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -81,7 +87,9 @@ def main() -> None:
     loaded = load()
     model, tokenizer = loaded.model, loaded.tokenizer
     splits = {
-        d: domain_split(tokenizer, d, args.seq_len, args.calib_tokens, args.eval_tokens, 0, args.calib_seq_len)
+        d: domain_split(
+            tokenizer, d, args.seq_len, args.calib_tokens, args.eval_tokens, 0, args.calib_seq_len, args.in_stream_order
+        )
         for d in args.domains
     }
     scorers = {d: SubsetScorer(model, held, batch_size=args.batch_size) for d, (_, held, _) in splits.items()}

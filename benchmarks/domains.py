@@ -45,10 +45,13 @@ def domain_split(
     eval_tokens: int,
     seed: int = 0,
     calib_seq_len: int | None = None,
+    in_stream_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(calibration chunks, held-out chunks, settings): the documents shuffled with ``seed`` and cut
     in two halves; calibration windows (``calib_seq_len`` tokens, default ``seq_len``) come from
-    the first, held-out windows (``seq_len``) from the second."""
+    the first, held-out windows (``seq_len``) from the second. ``in_stream_order`` keeps the drawn
+    calibration windows in their order in the (shuffled) document stream, so the first and second
+    halves of the calibration chunks come from different documents (all but one at the seam)."""
     docs = domain_documents(name)
     random.Random(seed).shuffle(docs)
     half = len(docs) // 2
@@ -63,12 +66,14 @@ def domain_split(
         count = -(-tokens // length)
         if count > len(pool):
             raise SystemExit(f"{name}: {len(pool)} chunks in half the documents, {count} needed")
-        drawn.append(pool[torch.randperm(len(pool), generator=generator)[:count]])
+        picked = torch.randperm(len(pool), generator=generator)[:count]
+        drawn.append(pool[picked.sort().values if in_stream_order and not drawn else picked])
     settings = {
         "domain": name,
         "documents": len(docs),
         "seq_len": seq_len,
         "calibration_seq_len": lengths[0],
+        "calibration_in_stream_order": in_stream_order,
         "calibration_tokens": drawn[0].numel(),
         "held_out_tokens": drawn[1].numel(),
         "seed": seed,

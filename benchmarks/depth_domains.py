@@ -26,23 +26,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domains import DOMAINS, domain_split  # noqa: E402
 from fingerprint import machine  # noqa: E402
 
 from amoebasearch import atomic  # noqa: E402
+from amoebasearch.cli.profile import comma_list  # noqa: E402
 from amoebasearch.models import load  # noqa: E402
 from amoebasearch.plan.depth import DEPTH_METHODS  # noqa: E402
 from amoebasearch.plan.evaluate import SubsetScorer  # noqa: E402
 from amoebasearch.plan.select import select_depth  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def comma_list(text: str) -> list[str]:
-    return [item for item in text.split(",") if item]
 
 
 def winners(frame: pd.DataFrame) -> dict:
@@ -55,17 +51,17 @@ def winners(frame: pd.DataFrame) -> dict:
         entry = {f"lowest_{m}": int((wide[m] <= lowest * (1 + 1e-9)).sum()) for m in wide.columns}
         entry["depths"] = len(wide)
         if {"validated", "bi", "ppl"} <= set(wide.columns):
-            baseline = wide[["bi", "ppl"]].min(axis=1)
-            entry["validated_never_above_bi_and_ppl"] = bool((wide.validated <= baseline * (1 + 1e-9)).all())
-            entry["validated_above_baselines_at"] = [int(m) for m in wide.index[wide.validated > baseline * (1 + 1e-9)]]
+            above = wide.validated > wide[["bi", "ppl"]].min(axis=1) * (1 + 1e-9)
+            entry["validated_never_above_bi_and_ppl"] = not above.any()
+            entry["validated_above_baselines_at"] = [int(m) for m in wide.index[above]]
         out[f"{calibrated_on}->{domain}"] = entry
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", type=comma_list, default=list(DOMAINS))
-    parser.add_argument("--methods", type=comma_list, default=["validated", "bi", "ppl", "last"])
+    parser.add_argument("--domains", type=comma_list(str), default=list(DOMAINS))
+    parser.add_argument("--methods", type=comma_list(str), default=["validated", "bi", "ppl", "last"])
     parser.add_argument("--max-remove", type=int, default=8)
     parser.add_argument("--calib-tokens", type=int, default=2048)
     parser.add_argument("--eval-tokens", type=int, default=2048)
@@ -83,7 +79,6 @@ def main() -> None:
     unknown = [m for m in args.methods if m not in DEPTH_METHODS]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}: choose from {', '.join(DEPTH_METHODS)}")
-    torch.set_num_threads(torch.get_num_threads())
     loaded = load()
     model, tokenizer = loaded.model, loaded.tokenizer
     splits = {

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domains import DOMAINS, domain_split  # noqa: E402
@@ -36,7 +37,7 @@ from amoebasearch.cli.profile import comma_list  # noqa: E402
 from amoebasearch.models import load  # noqa: E402
 from amoebasearch.plan.depth import DEPTH_METHODS  # noqa: E402
 from amoebasearch.plan.evaluate import SubsetScorer  # noqa: E402
-from amoebasearch.plan.select import select_depth  # noqa: E402
+from amoebasearch.plan.select import default_split_ends, select_depth  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,6 +75,12 @@ def main() -> None:
         "halves then come from different documents",
     )
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--split-ends", action=argparse.BooleanOptionalAction, help="the DP's split ends (default: plan's, per method)"
+    )
+    parser.add_argument(
+        "--search-dtype", choices=("bfloat16", "float32"), default="bfloat16", help="plan's default bfloat16"
+    )
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     unknown = [m for m in args.methods if m not in DEPTH_METHODS]
@@ -93,7 +100,15 @@ def main() -> None:
     for calibrated_on, (calibration, _, _) in splits.items():
         for method in args.methods:
             started = time.perf_counter()
-            selection = select_depth(model, calibration, method, max_remove=args.max_remove, batch_size=args.batch_size)
+            selection = select_depth(
+                model,
+                calibration,
+                method,
+                max_remove=args.max_remove,
+                batch_size=args.batch_size,
+                split_ends=default_split_ends(method) if args.split_ends is None else args.split_ends,
+                dtype=getattr(torch, args.search_dtype),
+            )
             walls.setdefault(calibrated_on, {})[method] = round(time.perf_counter() - started, 1)
             print(f"{calibrated_on}: {method} in {walls[calibrated_on][method]} s", flush=True)
             for domain, scorer in scorers.items():
@@ -109,6 +124,7 @@ def main() -> None:
                             "heldout_ppl": scorer(removed),
                             "layers_removed": " ".join(map(str, removed)),
                             "chosen_from": selection.chosen_from.get(m, method),
+                            **{f"estimate_{k}": v for k, v in selection.validation.get(m, {}).items()},
                         }
                     )
         atomic.write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))

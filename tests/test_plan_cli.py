@@ -24,14 +24,17 @@ def plan_args(checkpoint, data, out, *extra):
             "--max-remove", "3", "--out", str(out), *extra]  # fmt: skip
 
 
-def interrupted_after_row(row: int):
-    """`dp_depth` as if Ctrl-C came right after row ``row`` was checkpointed."""
+def interrupted_after_row(row: int, run: int = 1):
+    """`dp_depth` as if Ctrl-C came right after row ``row`` of its ``run``-th call was checkpointed."""
     real_dp = select_depth_module.dp_depth
+    calls = []
 
     def interrupted_dp(evaluator, num_layers, max_remove, table=None, on_row=None, **options):
+        calls.append(1)
+
         def stop_after_the_row(partial):
             on_row(partial)
-            if partial.rows_done == row:
+            if len(calls) == run and partial.rows_done == row:
                 raise KeyboardInterrupt
 
         return real_dp(evaluator, num_layers, max_remove, table, stop_after_the_row, **options)
@@ -39,25 +42,33 @@ def interrupted_after_row(row: int):
     return interrupted_dp
 
 
-def test_interrupted_dp_resumes_to_the_same_plan(setup, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "method, run, saved_rows, resumed",
+    [("dp", 1, {"all": 3}, "all from row 3"), ("validated", 1, {"fit": 3}, "fit from row 3")],
+)
+def test_interrupted_dp_resumes_to_the_same_plan(setup, monkeypatch, capsys, method, run, saved_rows, resumed):
+    """An interrupted plan keeps every finished DP row (validated selection's DP runs on the fit half)
+    and --resume ends in the plan an uninterrupted run writes."""
     checkpoint, data, tmp = setup
-    assert main(plan_args(checkpoint, data, tmp / "fresh.json")) == 0
+    assert main(plan_args(checkpoint, data, tmp / "fresh.json", "--method", method)) == 0
     fresh = json.loads((tmp / "fresh.json").read_text())
 
     real_dp = select_depth_module.dp_depth
     out = tmp / "plan.json"
-    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_after_row(3))
-    assert main(plan_args(checkpoint, data, out)) == 130
+    monkeypatch.setattr(select_depth_module, "dp_depth", interrupted_after_row(3, run))
+    assert main(plan_args(checkpoint, data, out, "--method", method)) == 130
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     assert ckpt.is_file() and not out.exists()
-    assert json.loads(ckpt.read_text())["table"]["rows_done"] == 3
+    tables = json.loads(ckpt.read_text())["tables"]
+    assert {name: table["rows_done"] for name, table in tables.items()} == saved_rows
 
     monkeypatch.setattr(select_depth_module, "dp_depth", real_dp)
     capsys.readouterr()
-    assert main(plan_args(checkpoint, data, out, "--resume")) == 0
-    assert "resuming the DP from row 3" in capsys.readouterr().err
-    resumed = json.loads(out.read_text())
-    assert resumed["ordering"] == fresh["ordering"]
+    assert main(plan_args(checkpoint, data, out, "--method", method, "--resume")) == 0
+    assert resumed in capsys.readouterr().err
+    resumed_plan = json.loads(out.read_text())
+    assert resumed_plan["ordering"] == fresh["ordering"]
+    assert resumed_plan["metrics"].get("depth_validation") == fresh["metrics"].get("depth_validation")
     assert not ckpt.exists()
 
 
@@ -66,9 +77,9 @@ def test_resume_refuses_a_checkpoint_from_other_settings(setup, capsys):
     out = tmp / "plan.json"
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     key = {"model": "other", "data": "x", "metric": "kl", "max_remove": 3, "beam": 1}
-    key |= {"split_ends": True, "method": "dp"}
+    key |= {"split_ends": True, "method": "validated", "search_dtype": "bfloat16"}
     table = {"num_layers": 4, "max_remove": 3, "values": [], "removed": [], "rows_done": 1, "evaluations": 1}
-    ckpt.write_text(json.dumps({"key": key, "table": table}))
+    ckpt.write_text(json.dumps({"key": key, "tables": {"fit": table}}))
     capsys.readouterr()
     assert main(plan_args(checkpoint, data, out, "--resume")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -84,7 +95,7 @@ def test_resume_refuses_a_checkpoint_whose_table_is_cut(setup, monkeypatch, caps
     assert main(plan_args(checkpoint, data, out)) == 130
     ckpt = tmp / "plan.json.dp-checkpoint.json"
     saved = json.loads(ckpt.read_text())
-    saved["table"]["cells"] = saved["table"]["cells"][:1]  # rows lost, rows_done still 2
+    saved["tables"]["fit"]["cells"] = saved["tables"]["fit"]["cells"][:1]  # rows lost, rows_done still 2
     ckpt.write_text(json.dumps(saved))
     monkeypatch.setattr(select_depth_module, "dp_depth", real_dp)
     capsys.readouterr()

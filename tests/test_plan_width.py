@@ -71,7 +71,7 @@ def test_make_plan_round_trip_and_export_uses_it(tmp_path, chunks, capsys):
     assert code == 0 and out.is_file()
     assert not (tmp_path / "plan.json.dp-checkpoint.json").exists()
     plan = Plan.load(out, tiny_model("llama").config)
-    assert plan.depth_method == "dp" and plan.width_method == "importance"
+    assert plan.depth_method == "validated" and plan.width_method == "importance"
     assert sorted(plan.ordering.layer_sets) == [1, 2, 3, 4]
     assert plan.calibration["calibration_tokens"] == 48 and plan.metrics["depth_metric"] == "kl"
     assert set(plan.metrics["depth_values"]) == {"1", "2", "3", "4"}

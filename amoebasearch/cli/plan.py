@@ -21,7 +21,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "plan",
         help="select layers per depth and rank heads/channels on calibration text",
-        description="Stage 1: DP depth shrinking (or a baseline) and width importance ranking on real "
+        description="Stage 1: depth shrinking (the paper's DP checked against published layer-dropping "
+        "criteria on held-back calibration chunks, or one method alone) and width importance ranking on real "
         "calibration text. The DP checkpoints each finished row beside --out; --resume continues it.",
     )
     add_model_argument(parser)
@@ -29,9 +30,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method",
         choices=DEPTH_METHODS,
-        default="dp",
-        help="depth selection (default dp, the paper's recurrence); validated: DP, block influence and one-shot "
-        "perplexity propose on half the calibration chunks and the lowest perplexity on the other half wins",
+        default="validated",
+        help="depth selection (default validated: per depth, the DP's set or a published baseline's, whichever "
+        "holds best on calibration text it was not fitted on; dp: the paper's recurrence on all chunks)",
     )
     parser.add_argument(
         "--width-method", choices=WIDTH_METHODS, default="importance", help="head/channel ranking (default importance)"
@@ -55,9 +56,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--split-ends",
         action=argparse.BooleanOptionalAction,
-        default=True,
         help="keep the best set per ending (last layer kept / removed), which reaches runs of neighbouring "
-        "layers; --no-split-ends is the paper's DP at about half the time (default: on)",
+        "layers at about twice the DP's time (default: on with --method dp, off with validated)",
+    )
+    parser.add_argument(
+        "--search-dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="dtype of the depth search passes (default bfloat16: about half the time of float32 on CPUs with "
+        "bf16 units, same choices within noise; see docs)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the data split and random methods (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="chunks per forward pass (default 4)")
@@ -71,13 +78,13 @@ def checkpoint_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".dp-checkpoint.json")
 
 
-def _load_checkpoint(path: Path, key: dict):
-    """The DP table saved at ``path`` if it was made with the same model, data and settings."""
+def _load_checkpoint(path: Path, key: dict) -> dict:
+    """The DP tables saved at ``path`` (by run name) if they were made with the same model, data and settings."""
     from amoebasearch.plan.depth import DPTable
 
     if not path.is_file():
         print(f"no DP checkpoint at {path}: starting afresh", file=sys.stderr)
-        return None
+        return {}
     unreadable = UsageError(f"DP checkpoint {path} is unreadable: delete it and run without --resume")
     try:
         data = json.loads(path.read_text())
@@ -92,14 +99,16 @@ def _load_checkpoint(path: Path, key: dict):
             f"DP checkpoint {path} was made with different {', '.join(changed)}: delete it or drop --resume"
         )
     try:
-        table = DPTable.from_dict(data["table"])
-    except (KeyError, TypeError, ValueError):
+        tables = {str(name): DPTable.from_dict(table) for name, table in data["tables"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise unreadable from None
-    print(f"resuming the DP from row {table.rows_done} of {table.num_layers + 1}", file=sys.stderr)
-    return table
+    done = ", ".join(f"{name} from row {t.rows_done} of {t.num_layers + 1}" for name, t in tables.items())
+    print(f"resuming the DP: {done}", file=sys.stderr)
+    return tables
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from amoebasearch.data import calibration_split, read_documents
@@ -111,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     ckpt = checkpoint_path(out)
     if ckpt.is_dir():
         raise UsageError(f"the DP checkpoint beside --out, {ckpt}, is a folder: remove it or pick another --out")
+    from amoebasearch.plan.select import default_split_ends
+
+    if args.split_ends is None:
+        args.split_ends = default_split_ends(args.method)
     docs = read_documents(args.data)  # reject a bad data file before the slow model load
     loaded = load(args.model)
     split = calibration_split(loaded.tokenizer, args.data, args.seq_len, args.tokens, 0, args.seed, docs=docs)
@@ -123,16 +136,18 @@ def run(args: argparse.Namespace) -> int:
         "beam": args.beam,
         "split_ends": args.split_ends,
         "method": args.method,
+        "search_dtype": args.search_dtype,
     }
-    runs_dp = args.method in ("dp", "validated")
-    table = _load_checkpoint(ckpt, key) if args.resume and runs_dp else None
+    dp_runs = int(args.method in ("dp", "validated"))
+    tables = _load_checkpoint(ckpt, key) if args.resume and dp_runs else {}
 
-    bar = tqdm(total=num_layers + 1, desc="DP rows", unit="row", disable=not runs_dp, file=sys.stderr)
-    bar.update(table.rows_done if table else 0)
+    bar = tqdm(total=(num_layers + 1) * dp_runs, desc="DP rows", unit="row", disable=not dp_runs, file=sys.stderr)
+    bar.update(sum(t.rows_done for t in tables.values()))
 
-    def on_row(partial) -> None:
-        atomic.write_json(ckpt, {"key": key, "table": partial.to_dict()})
-        bar.update(partial.rows_done - bar.n)
+    def on_row(name, partial) -> None:
+        tables[name] = partial
+        atomic.write_json(ckpt, {"key": key, "tables": {n: t.to_dict() for n, t in tables.items()}})
+        bar.update(sum(t.rows_done for t in tables.values()) - bar.n)
 
     started = time.perf_counter()
     plan = make_plan(
@@ -144,10 +159,11 @@ def run(args: argparse.Namespace) -> int:
         max_remove=args.max_remove,
         seed=args.seed,
         batch_size=args.batch_size,
-        table=table,
+        tables=dict(tables),
         on_row=on_row,
         beam=args.beam,
         split_ends=args.split_ends,
+        search_dtype=getattr(torch, args.search_dtype),
     )
     bar.close()
     plan.metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
@@ -165,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def validation_report(per_depth: dict[str, dict[str, float | str]]) -> str:
-    """The validation perplexity of the chosen set beside each method's own proposal, per depth."""
+    """Per depth, each source's perplexity on the validation half of the calibration text and the one chosen."""
     sources = ["dp", "bi", "ppl"]
     lines = [
-        "validation perplexity (calibration text not used to propose the sets):",
+        "validation perplexity per depth (the DP fitted on the other half; it replaces the better baseline only "
+        "where lower by more than the noise):",
         f"{'depth':>5} {'chosen':>9} " + " ".join(f"{name:>8}" for name in sources) + "  from",
     ]
     for depth, scores in sorted(per_depth.items(), key=lambda item: -int(item[0])):

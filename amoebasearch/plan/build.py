@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from amoebasearch.data import TextSplit
@@ -36,17 +37,20 @@ def make_plan(
     max_remove: int | None = None,
     seed: int = 0,
     batch_size: int = 4,
-    table: DPTable | None = None,
-    on_row: Callable[[DPTable], None] | None = None,
+    tables: Mapping[str, DPTable] | None = None,
+    on_row: Callable[[str, DPTable], None] | None = None,
     beam: int = 1,
     split_ends: bool = True,
+    search_dtype: torch.dtype | None = None,
 ) -> Plan:
-    """Select layers for every depth and rank heads/channels on ``split.calibration``."""
+    """Select layers for every depth and rank heads/channels on ``split.calibration``
+    (depth passes in ``search_dtype``, see `select_depth`)."""
     dims = ModelDims.from_config(model.config)
     chunks = split.calibration
     depth = select_depth(
-        model, chunks, depth_method, metric, max_remove, seed, batch_size, table, on_row, beam, split_ends
-    )
+        model, chunks, depth_method, metric, max_remove, seed, batch_size, tables, on_row, beam, split_ends,
+        dtype=search_dtype,
+    )  # fmt: skip
     width = select_width(model, chunks, width_method, seed, batch_size)
     metrics: dict[str, Any] = {
         "depth_metric": {"dp": metric, "validated": metric, "ppl": "perplexity"}.get(depth_method),
@@ -55,7 +59,7 @@ def make_plan(
         "layer_scores": depth.layer_scores,
         "kv_group_scores": width.group_scores(dims),
     }
-    if depth.validation:  # per depth, every proposal's validation perplexity and the one chosen
+    if depth.validation:  # per depth, every source's cross-fitted perplexity and the one chosen
         metrics["depth_validation"] = {
             str(dims.num_layers - m): {"chosen": depth.chosen_from[m], **scores}
             for m, scores in sorted(depth.validation.items())
@@ -67,6 +71,7 @@ def make_plan(
         "beam": beam,
         "split_ends": split_ends,
         "seed": seed,
+        "search_dtype": str(search_dtype or next(model.parameters()).dtype).removeprefix("torch."),
     }
     return Plan(
         model_signature=model_signature(model.config),

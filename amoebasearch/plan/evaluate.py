@@ -30,17 +30,27 @@ class SubsetScorer:
         for layer in range(self.runner.num_layers):
             state = self.runner.extend([state], layer)[0]
             self.full_states.append(state)
-        self.cache: dict[frozenset[int], float] = {}
+        self.cache: dict[frozenset[int], torch.Tensor] = {}
 
-    def __call__(self, removed: tuple[int, ...] | frozenset[int]) -> float:
+    @torch.no_grad()
+    def chunk_losses(self, removed: tuple[int, ...] | frozenset[int]) -> torch.Tensor:
+        """Mean per-token loss of each chunk (before the metric's `finish`), float64 [chunks]."""
         removed = frozenset(removed)
         if removed not in self.cache:
             first = min(removed, default=self.runner.num_layers)
             state = self.full_states[first]
             kept = [i for i in range(first, self.runner.num_layers) if i not in removed]
-            hidden = torch.cat([self.runner.run_layers(state[rows], kept) for rows in self.runner._batches(len(state))])
-            self.cache[removed] = self.runner.score([hidden], self.runner.num_layers, self.metric)[0]
+            losses = []
+            for rows in self.runner._batches(len(state)):
+                features, logits = self.runner.head(self.runner.run_layers(state[rows], kept))
+                index = torch.arange(rows.start, rows.stop)
+                losses.append(self.metric.row_losses(logits, index, features).double())
+            self.cache[removed] = torch.cat(losses) / self.metric.tokens_per_row()
         return self.cache[removed]
+
+    def __call__(self, removed: tuple[int, ...] | frozenset[int]) -> float:
+        """The metric of the network without ``removed`` over all chunks (e.g. perplexity)."""
+        return self.metric.finish(float(self.chunk_losses(removed).mean()))
 
 
 @torch.no_grad()

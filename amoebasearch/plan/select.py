@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,7 @@ from amoebasearch.plan.depth import (
 from amoebasearch.plan.evaluate import SubsetScorer
 from amoebasearch.plan.layerwise import LayerRunner
 from amoebasearch.plan.metrics import DEFAULT_METRIC, KLToFull, Metric, Perplexity
-from amoebasearch.plan.validated import choose_on_validation, split_for_validation
+from amoebasearch.plan.validated import choose_on_validation, split_in_two
 
 
 class ModelEvaluator:
@@ -83,6 +86,19 @@ def removal_metric(runner: LayerRunner, metric: Metric) -> list[float]:
     return scores
 
 
+def default_split_ends(method: str) -> bool:
+    """Split ends by default for the DP alone; validated selection runs the paper's recurrence, as the
+    baselines it is checked against recover most of what split ends add, at half the DP's time."""
+    return method == "dp"
+
+
+def in_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model`` itself, or a copy cast to ``dtype`` for the search passes (the caller's model is untouched)."""
+    if dtype is None or next(model.parameters()).dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
+
+
 def select_depth(
     model: nn.Module,
     chunks: torch.Tensor,
@@ -91,18 +107,21 @@ def select_depth(
     max_remove: int | None = None,
     seed: int = 0,
     batch_size: int = 4,
-    table: DPTable | None = None,
-    on_row: Callable[[DPTable], None] | None = None,
+    tables: Mapping[str, DPTable] | None = None,
+    on_row: Callable[[str, DPTable], None] | None = None,
     beam: int = 1,
     split_ends: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> DepthSelection:
     """Removed layers for every removal count 0..max_remove by ``method`` (validated, dp, bi, ppl,
     last, random).
 
     ``metric`` is the DP's calibration metric; the ``ppl`` baseline always ranks by perplexity, its
     published criterion. ``beam`` sets are kept per DP cell, per ending with ``split_ends`` (both off,
-    beam 1: the paper's DP); ``table``/``on_row`` resume and checkpoint the DP; the other methods are
-    one pass or none.
+    beam 1: the paper's DP). Each DP run has a name (``all``, or ``fit`` in validated selection):
+    ``tables`` resumes them by name and ``on_row(name, table)`` checkpoints them. The
+    other methods are one pass or none. ``dtype`` runs every search pass on a copy in that dtype
+    (bfloat16 halves the time on CPUs with bf16 units); ``None`` uses the model as it is.
     """
     num_layers = len(model.model.layers)
     max_remove = check_max_remove(num_layers, max_remove)
@@ -112,57 +131,62 @@ def select_depth(
         return drop_last(num_layers, max_remove)
     if method == "random":
         return random_removal(num_layers, max_remove, seed)
+    if method in ("bi", "validated"):  # one pass in the model's own dtype: 1 - cosine is too fine for bfloat16
+        bi = by_scores("bi", block_influence(LayerRunner(model, chunks, batch_size)), max_remove)
+        if method == "bi":
+            return bi
+    model = in_dtype(model, dtype)
+    dp = DPRuns(metric, max_remove, tables or {}, on_row, beam, split_ends)
     if method == "validated":
-        return validated_selection(model, chunks, metric, max_remove, batch_size, table, on_row, beam, split_ends)
+        return validated_selection(model, chunks, max_remove, batch_size, dp, bi)
     runner = LayerRunner(model, chunks, batch_size)
-    if method == "bi":
-        return by_scores("bi", block_influence(runner), max_remove)
     if method == "ppl":
         return by_scores("ppl", removal_metric(runner, Perplexity(chunks)), max_remove)
-    return dp_selection(runner, metric, max_remove, table, on_row, beam, split_ends)
+    return dp.run("all", runner)
 
 
-def dp_selection(
-    runner: LayerRunner,
-    metric: str,
-    max_remove: int,
-    table: DPTable | None,
-    on_row: Callable[[DPTable], None] | None,
-    beam: int,
-    split_ends: bool,
-) -> DepthSelection:
-    """The DP's best set per removal count on ``runner``'s chunks; every final entry kept as a runner-up."""
-    evaluator = ModelEvaluator(runner, make_metric(metric, runner))
-    result = dp_depth(evaluator, runner.num_layers, max_remove, table, on_row, beam=beam, split_ends=split_ends)
-    selection = from_table(result)
-    selection.layer_scores = None
-    selection.runners_up = {
-        m: {f"dp#{rank}": removed for rank, (_, removed) in enumerate(cell[1:], start=2)}
-        for m, cell in enumerate(result.cells[result.num_layers])
-        if cell
-    }
-    return selection
+@dataclass
+class DPRuns:
+    """The DP's settings, and the named tables to resume and checkpoint, shared by its runs."""
+
+    metric: str
+    max_remove: int
+    tables: Mapping[str, DPTable]
+    on_row: Callable[[str, DPTable], None] | None
+    beam: int
+    split_ends: bool
+
+    def run(self, name: str, runner: LayerRunner) -> DepthSelection:
+        """The DP's best set per removal count on ``runner``'s chunks; every final entry kept as a runner-up."""
+        evaluator = ModelEvaluator(runner, make_metric(self.metric, runner))
+        on_row = None if self.on_row is None else functools.partial(self.on_row, name)
+        result = dp_depth(
+            evaluator,
+            runner.num_layers,
+            self.max_remove,
+            self.tables.get(name),
+            on_row,
+            beam=self.beam,
+            split_ends=self.split_ends,
+        )
+        selection = from_table(result)
+        selection.runners_up = {
+            m: {f"dp#{rank}": removed for rank, (_, removed) in enumerate(cell[1:], start=2)}
+            for m, cell in enumerate(result.cells[result.num_layers])
+            if cell
+        }
+        return selection
 
 
 def validated_selection(
-    model: nn.Module,
-    chunks: torch.Tensor,
-    metric: str,
-    max_remove: int,
-    batch_size: int,
-    table: DPTable | None,
-    on_row: Callable[[DPTable], None] | None,
-    beam: int,
-    split_ends: bool,
+    model: nn.Module, chunks: torch.Tensor, max_remove: int, batch_size: int, dp: DPRuns, bi: DepthSelection
 ) -> DepthSelection:
-    """DP, block influence and one-shot perplexity propose on one half of the chunks; per depth the
-    proposal with the lowest perplexity on the other half wins (`plan.validated`)."""
-    fit, validation = split_for_validation(chunks)
-    runner = LayerRunner(model, fit, batch_size)
-    dp = dp_selection(runner, metric, max_remove, table, on_row, beam, split_ends)
-    proposals = {
-        "dp": dp,
-        "bi": by_scores("bi", block_influence(runner), max_remove),
-        "ppl": by_scores("ppl", removal_metric(runner, Perplexity(fit)), max_remove),
-    }
-    return choose_on_validation(proposals, SubsetScorer(model, validation, batch_size=batch_size), dp.runners_up)
+    """Block influence (``bi``) and one-shot perplexity on all chunks, the DP on the fit half, and per
+    depth the DP's set only where it clearly beats the better baseline on the validation half
+    (`plan.validated`)."""
+    runner = LayerRunner(model, chunks, batch_size)
+    baselines = {"bi": bi, "ppl": by_scores("ppl", removal_metric(runner, Perplexity(chunks)), max_remove)}
+    fit, validation = split_in_two(chunks)
+    fitted = dp.run("fit", LayerRunner(model, fit, batch_size))
+    scorer = SubsetScorer(model, validation, batch_size=batch_size)
+    return choose_on_validation(baselines, fitted, scorer.chunk_losses)

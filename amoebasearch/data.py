@@ -51,10 +51,15 @@ IGNORE_INDEX = -100  # label value that torch's cross_entropy skips (prompt toke
 
 @dataclass(frozen=True)
 class InstructionExample:
-    """One instruction-tuning record: the model reads ``prompt`` and learns to produce ``response``."""
+    """One instruction-tuning record: the model reads ``prompt`` and learns to produce ``response``.
+
+    ``message`` is the user's turn itself (instruction, then any input); tokenizers with a chat
+    template encode that through the template instead of ``prompt`` (`prompt_ids`).
+    """
 
     prompt: str
     response: str
+    message: str | None = None
 
 
 # ---------------------------------------------------------------- reading files
@@ -163,8 +168,10 @@ def alpaca_example(record: dict[str, Any], template: str = ALPACA_TEMPLATE, temp
     template_no_input = template_no_input if template_no_input is not None else ALPACA_TEMPLATE_NO_INPUT
     extra = str(record.get("input") or "").strip()
     chosen = template if extra else template_no_input
-    prompt = chosen.format(instruction=str(record["instruction"]).strip(), input=extra)
-    return InstructionExample(prompt=prompt, response=str(record["output"]).strip())
+    instruction = str(record["instruction"]).strip()
+    prompt = chosen.format(instruction=instruction, input=extra)
+    message = f"{instruction}\n\n{extra}" if extra else instruction
+    return InstructionExample(prompt=prompt, response=str(record["output"]).strip(), message=message)
 
 
 def read_instructions(
@@ -188,11 +195,22 @@ def read_instructions(
     return [alpaca_example(record, template, template_no_input) for record in records]
 
 
+def prompt_ids(example: InstructionExample, tokenizer: Any) -> list[int]:
+    """The prompt as the model is served: the user's turn through the tokenizer's own chat template,
+    up to the assistant's header, where it has one (an instruct model fine-tuned on the Alpaca text
+    would learn a format its users never send); the Alpaca prompt otherwise."""
+    if example.message is not None and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": example.message}]
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
+    return encode_text(tokenizer, example.prompt)
+
+
 def encode_instruction(example: InstructionExample, tokenizer: Any, max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and labels for one example: labels are ``IGNORE_INDEX`` over the prompt, so only the
     response span (plus EOS) is learned. Truncated to ``max_len`` from the right.
     """
-    prompt = encode_text(tokenizer, example.prompt)
+    prompt = prompt_ids(example, tokenizer)
     response = encode_text(tokenizer, example.response)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:

@@ -63,18 +63,34 @@ def _sliced_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
-def set_linear_slice(linear: nn.Linear, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> None:
+def lora_parts(linear: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None):
+    """A peft LoRA layer's plain linears with the slice each takes (the base both, every adapter's
+    A its input columns, B its output rows); empty for any other module."""
+    if not hasattr(linear, "base_layer") or not isinstance(getattr(linear, "lora_A", None), nn.ModuleDict):
+        return []
+    parts = [(linear.base_layer, out_index, in_index)]
+    for name in linear.lora_A:
+        parts += [(linear.lora_A[name], None, in_index), (linear.lora_B[name], out_index, None)]
+    return parts
+
+
+def set_linear_slice(linear: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> None:
     """Make ``linear`` compute only the given rows/columns until `clear_linear_slice`.
 
-    Adapters (SMoL) read ``linear.amoeba_slice`` to slice their own matrices consistently.
+    Adapters (SMoL) read ``linear.amoeba_slice`` to slice their own matrices consistently; a peft
+    LoRA layer is sliced through its parts (`lora_parts`), so its own forward stays peft's.
     """
     linear.amoeba_slice = (out_index, in_index)
+    for part, rows, columns in lora_parts(linear, out_index, in_index):
+        set_linear_slice(part, rows, columns)
     if not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward:
         return  # a wrapper layer reads amoeba_slice itself
     linear.forward = MethodType(_sliced_forward, linear)
 
 
 def clear_linear_slice(linear: nn.Module) -> None:
+    for part, _, _ in lora_parts(linear, None, None):
+        clear_linear_slice(part)
     linear.__dict__.pop("forward", None)
     linear.__dict__.pop("amoeba_slice", None)
 

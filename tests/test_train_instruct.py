@@ -25,6 +25,22 @@ def test_labels_cover_only_the_response_and_eos():
     assert item.labels[6:] == item.input_ids[6:] and item.input_ids[-1] == char_tokenizer().eos_token_id  # 'yes' + EOS
 
 
+def test_a_chat_model_is_trained_on_its_own_chat_template():
+    """With a chat template the prompt is the user's turn through it (as the model is served), not
+    the Alpaca text; the labels still cover only the response and EOS."""
+    from amoebasearch.data import alpaca_example
+
+    tokenizer = char_tokenizer()
+    example = alpaca_example({"instruction": "hi", "input": "there", "output": "yes"})
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    alpaca = tokenise_examples([example], tokenizer, seq_len=400)[0]
+    assert alpaca.input_ids[: len(encode(example.prompt))] == tuple(encode(example.prompt))
+    tokenizer.chat_template = "{% for m in messages %}({{ m['role'] }}) {{ m['content'] }}{% endfor %}(assistant) "
+    [item] = tokenise_examples([example], tokenizer, seq_len=400)
+    assert item.input_ids == tuple(encode("(user) hi\n\nthere(assistant) yes") + [tokenizer.eos_token_id])
+    assert [t for t in item.labels if t != IGNORE_INDEX] == list(item.input_ids[-4:])  # 'yes' + EOS
+
+
 def test_examples_whose_prompt_fills_the_window_are_dropped():
     tokenised = tokenise_examples(
         [InstructionExample("x" * 30, "answer"), InstructionExample("q", "answer")], char_tokenizer(), seq_len=32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import tiny_model
 
 from amoebasearch.export import extract
+from amoebasearch.models import decoder_layers, projections
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 from amoebasearch.train.smol import SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
@@ -186,3 +188,90 @@ def test_the_shared_lora_learns_from_every_shape():
         layer = dict(smol.smol_layers())["model.layers.0.self_attn.q_proj"]
         norms = layer.lora_A.grad.flatten(1).norm(dim=1)
         assert norms[5] > 0 and int((norms[:5] > 0).sum()) == 1
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("loras, shared", [(4, True), (4, False), (1, False)])
+def test_a_shape_as_a_peft_adapter_loads_in_peft_and_equals_the_merged_export(tmp_path, family, loras, shared):
+    """`export --adapter`: the sliced base plus one standard LoRA that `PeftModel.from_pretrained`
+    loads; its logits equal the merged export's (and the elastic SMoL forward's)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from amoebasearch.train.peft_adapter import ADAPTER_DIR, save_adapter_export
+
+    base = tiny_model(family)
+    dims = ModelDims.from_config(base.config)
+    config = SMoLConfig(num_loras=loras, top_k=min(2, loras), rank=4, shared=shared)
+    smol = randomise_plain(randomise(SMoLModel(base, config, shuffled_ordering(dims)))).eval()
+    space = ShapeSpace(dims, smol.ordering, ffn_step=32)
+    ids = torch.randint(0, 97, (2, 12))
+    for number, shape in enumerate([space.shape(3, 2, 96), space.largest()]):
+        out = save_adapter_export(smol, shape, tmp_path / f"export-{number}")
+        adapter_config = json.loads((out / ADAPTER_DIR / "adapter_config.json").read_text())
+        assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == (min(2, loras) + shared) * 4
+        assert (out / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out), out / ADAPTER_DIR).eval()
+        with torch.no_grad():
+            with smol.merged(shape) as merged:
+                merged_logits = extract(merged, shape, smol.ordering)(input_ids=ids).logits
+            adapter_logits = peft_model(input_ids=ids).logits
+            assert (adapter_logits - merged_logits).abs().max() <= 1e-4, f"{family} {shape}"
+            assert (adapter_logits - smol(shape, ids)).abs().max() <= 1e-4
+            plain = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+        assert (plain - adapter_logits).abs().max() > 1e-3  # the adapter does change the sliced base
+
+
+def test_evaluation_routes_each_shape_without_gate_noise():
+    """Outside training the gate picks its plain top-k: the same shape gives the same route and the
+    same logits every time, whatever the global random state (evaluation, search and export rely on it)."""
+    smol = randomise(SMoLModel(tiny_model(), SMoLConfig(num_loras=5, top_k=2, rank=4, noise=5.0))).eval()
+    shape, ids = Shape((0, 2, 3), 2, 64), torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        first_route, first = smol.route(shape), smol(shape, ids)
+        torch.manual_seed(123)
+        second_route, second = smol.route(shape), smol(shape, ids)
+        noisy = {tuple(smol.route(shape, noisy=True).index.tolist()) for _ in range(20)}
+    assert torch.equal(first_route.index, second_route.index) and torch.equal(first_route.weight, second_route.weight)
+    assert torch.equal(first, second)
+    assert len(noisy) > 1  # the training route does explore
+
+
+def randomise_plain(smol: SMoLModel, seed: int = 1) -> SMoLModel:
+    """Non-zero B matrices in a plain LoRA's peft layers."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in smol.peft_layers():
+            weight = layer.lora_B["default"].weight
+            weight.copy_(0.05 * torch.randn(weight.shape, generator=gen))
+    return smol
+
+
+def test_the_plain_lora_is_a_standard_peft_lora_that_peft_loads(tmp_path):
+    """`train --no-smol`: peft's own LoRA layers (LoraConfig + injection), sliced per shape by the
+    elastic forward, merged for export, and saved as a directory `PeftModel.from_pretrained` loads."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    base = tiny_model()
+    dims = ModelDims.from_config(base.config)
+    smol = randomise_plain(SMoLModel(base, SMoLConfig(num_loras=1, top_k=1, rank=4), shuffled_ordering(dims))).eval()
+    layers = projections(decoder_layers(smol.base)[0])
+    assert all(isinstance(layer, LoraLayer) for layer in layers.values()) and not smol.smol_layers()
+    assert all(p.requires_grad == ("lora_" in n) for n, p in smol.base.named_parameters())
+    space = ShapeSpace(dims, smol.ordering, ffn_step=32)
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        for shape in [space.largest(), space.shape(3, 2, 96), space.smallest()]:
+            with smol.merged(shape) as merged:
+                exported = extract(merged, shape, smol.ordering)(input_ids=ids).logits
+            assert (exported - smol(shape, ids)).abs().max() <= 1e-4, shape
+        smol.save_adapter(tmp_path)
+        config = json.loads((tmp_path / "smol_config.json").read_text())
+        assert config["adapter_format"] == "peft-lora" and (tmp_path / "adapter_model.safetensors").is_file()
+        plain_base = tiny_model()
+        plain_base.load_state_dict({k: v for k, v in base.state_dict().items() if "lora_" not in k}, strict=False)
+        peft_model = PeftModel.from_pretrained(plain_base, tmp_path).eval()
+        assert (peft_model(input_ids=ids).logits - smol(space.largest(), ids)).abs().max() <= 1e-5
+        again = SMoLModel.from_adapter(tiny_model(), tmp_path, smol.ordering)
+        assert torch.equal(again(space.largest(), ids), smol(space.largest(), ids))

@@ -32,6 +32,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--supernet", help="supernet directory from `amoebasearch train`: export with the shape's LoRAs merged"
     )
+    parser.add_argument(
+        "--adapter",
+        action="store_true",
+        help="with --supernet: write the sliced base model unmerged, plus the shape's LoRAs as one standard peft "
+        "adapter in OUT/adapter (PeftModel.from_pretrained(base, 'OUT/adapter'))",
+    )
     parser.set_defaults(run=run)
 
 
@@ -77,6 +83,8 @@ def shape_from_args(args: argparse.Namespace, dims: ModelDims, ordering: Orderin
 
 def run(args: argparse.Namespace) -> int:
     check_format(args)
+    if args.adapter and (not args.supernet or args.format != "hf"):
+        raise UsageError("--adapter writes a trained supernet's LoRAs for peft: add --supernet DIR, keep --format hf")
     check_export_dir(args.out)  # before seconds of model loading, not after
     if args.supernet:
         return run_supernet(args)
@@ -103,6 +111,12 @@ def run_supernet(args: argparse.Namespace) -> int:
     shape = shape_from_args(args, supernet.loaded.dims, supernet.plan.ordering)
     if shape not in supernet.space:
         print(f"note: {shape} lies outside the shape space the supernet was trained on", file=sys.stderr)
+    if args.adapter:
+        from amoebasearch.train.peft_adapter import ADAPTER_DIR, save_adapter_export
+
+        out = save_adapter_export(supernet.smol, shape, args.out, supernet.loaded.tokenizer)
+        print(f"exported {shape}: sliced base model in {out}, its LoRAs as a peft adapter in {out / ADAPTER_DIR}")
+        return 0
     subnet = supernet.export(shape)
     out = save_export(subnet, args.out, supernet.loaded.tokenizer, args.format, args.quant)
     params = sum(p.numel() for p in subnet.parameters())

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from amoebasearch import atomic
-from amoebasearch.elastic import model_logits, slice_linear_weight, use_shape
+from amoebasearch.elastic import lora_parts, model_logits, slice_linear_weight, use_shape
 from amoebasearch.errors import UsageError
 from amoebasearch.models import decoder_layers, projections
 from amoebasearch.ordering import Ordering
@@ -42,6 +42,12 @@ from amoebasearch.userfiles import read_json_object
 
 CONFIG_FILE = "smol_config.json"
 WEIGHTS_FILE = "smol.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"  # a plain LoRA is stored as peft stores it
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # peft's key prefix: the PeftModel's path to the base model
+PROJECTION_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"} | {
+    role: f"{role}_proj" for role in ("gate", "up", "down")
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,33 @@ class SMoLConfig:
         return self.alpha / self.rank
 
     @property
+    def plain(self) -> bool:
+        """One LoRA for every shape: a standard peft LoRA (`peft_config`), no gate."""
+        return self.num_loras == 1
+
+    @property
+    def adapter_format(self) -> str:
+        return "peft-lora" if self.plain else "amoebasearch-smol"
+
+    @property
+    def weights_file(self) -> str:
+        """The adapter weights' file in a supernet directory: peft's own name for a plain LoRA."""
+        return PEFT_WEIGHTS_FILE if self.plain else WEIGHTS_FILE
+
+    def peft_config(self) -> Any:
+        """The `peft.LoraConfig` of a plain LoRA on this config's projections."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=sorted(PROJECTION_NAMES[role] for role in self.roles),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    @property
     def slots(self) -> int:
         """LoRA pairs stored per layer: the routed ones, then the shared one if any."""
         return self.num_loras + int(self.shared)
@@ -85,6 +118,7 @@ class SMoLConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["roles"] = list(self.roles)
+        data["adapter_format"] = self.adapter_format  # read by people and tools; derived, not loaded
         return data
 
     @classmethod
@@ -268,19 +302,26 @@ class SMoLModel(nn.Module):
         self.holder = _RouteHolder()
         for param in base.parameters():
             param.requires_grad_(False)
-        for block in decoder_layers(base):
+        if config.plain:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(config.peft_config(), base)  # peft's LoRA layers, trainable
+        for block in decoder_layers(base) if not config.plain else ():
             parents = {"q": block.self_attn, "k": block.self_attn, "v": block.self_attn, "o": block.self_attn}
             parents.update({"gate": block.mlp, "up": block.mlp, "down": block.mlp})
             for role, linear in projections(block).items():
                 if role not in config.roles or isinstance(linear, SMoLLinear):
                     continue
-                name = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}.get(role, f"{role}_proj")
-                setattr(parents[role], name, SMoLLinear(linear, config, self.holder))
+                setattr(parents[role], PROJECTION_NAMES[role], SMoLLinear(linear, config, self.holder))
         self.gate = ShapeGate(config.num_loras, config.top_k, config.noise, prior=config.prior)
         self.gate.to(next(base.parameters()).device)
 
     def smol_layers(self) -> list[tuple[str, SMoLLinear]]:
         return [(name, m) for name, m in self.base.named_modules() if isinstance(m, SMoLLinear)]
+
+    def peft_layers(self) -> list[tuple[str, nn.Module]]:
+        """The peft LoRA layers of a plain LoRA (empty for a mixture)."""
+        return [(name, m) for name, m in self.base.named_modules() if lora_parts(m, None, None)]
 
     def route(self, shape: Shape, noisy: bool = False, generator: torch.Generator | None = None) -> Route:
         """The gate's choice for ``shape`` plus the shared LoRA (a single LoRA needs no gate: its weight is 1)."""
@@ -319,7 +360,12 @@ class SMoLModel(nn.Module):
     # ------------------------------------------------------------ weights I/O (peft-style)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """LoRA and gate tensors only (the base model stays a reference, never copied)."""
+        """LoRA and gate tensors only (the base model stays a reference, never copied); a plain LoRA's
+        under peft's own keys, as ``PeftModel.save_pretrained`` writes them."""
+        if self.config.plain:
+            from peft import get_peft_model_state_dict
+
+            return {PEFT_PREFIX + k: v.detach() for k, v in get_peft_model_state_dict(self.base).items()}
         state = {}
         for name, layer in self.smol_layers():
             state[f"{name}.lora_A"] = layer.lora_A.detach()
@@ -330,10 +376,14 @@ class SMoLModel(nn.Module):
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         layers = dict(self.smol_layers())
-        expected = set(self.adapter_state_dict())
+        current = self.adapter_state_dict()
+        expected = set(current)
         if set(state) != expected:
             missing, extra = sorted(expected - set(state))[:2], sorted(set(state) - expected)[:2]
             raise UsageError(f"SMoL weights do not match this model (missing {missing}, unexpected {extra})")
+        if self.config.plain:
+            self._load_peft_state(state, current)
+            return
         with torch.no_grad():
             for key, tensor in state.items():
                 if key.startswith("gate."):
@@ -347,29 +397,43 @@ class SMoLModel(nn.Module):
                 target.copy_(tensor)
         self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
 
+    def _load_peft_state(self, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        for key, tensor in state.items():
+            if tensor.shape != expected[key].shape:
+                raise UsageError(
+                    f"LoRA tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(expected[key].shape)}"
+                )
+        set_peft_model_state_dict(self.base, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
+
     def save_adapter(self, directory: str | Path) -> Path:
-        """Write ``smol_config.json`` + ``smol.safetensors`` (each atomically)."""
+        """Write ``smol_config.json`` and the weights (each atomically): ``smol.safetensors`` for a
+        mixture; for a plain LoRA peft's own ``adapter_config.json`` + ``adapter_model.safetensors``,
+        which ``PeftModel.from_pretrained(base, directory)`` loads."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILE}.tmp"
-        save_file(state, str(tmp), metadata={"format": "amoebasearch-smol"})
+        name = self.config.weights_file
+        tmp = directory / f".{name}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt" if self.config.plain else "amoebasearch-smol"})
         tmp.chmod(0o644)
-        tmp.replace(directory / WEIGHTS_FILE)
+        tmp.replace(directory / name)
+        if self.config.plain:
+            peft_config = self.config.peft_config().to_dict()
+            peft_config["target_modules"] = sorted(peft_config["target_modules"])
+            atomic.write_json(directory / PEFT_CONFIG_FILE, peft_config)
         atomic.write_json(directory / CONFIG_FILE, self.config.to_dict())
         return directory
 
     @classmethod
     def from_adapter(cls, base: nn.Module, directory: str | Path, ordering: Ordering | None = None) -> SMoLModel:
         directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise UsageError(
-                f"{directory} holds no SMoL adapter ({CONFIG_FILE} + {WEIGHTS_FILE}): run `amoebasearch train`"
-            )
-        config = SMoLConfig.from_dict(read_json_object(config_path, "SMoL config", "train the supernet again"))
+        config = read_adapter_config(directory)
         model = cls(base, config, ordering)
-        model.load_adapter_state_dict(load_file(str(weights_path), device=str(next(base.parameters()).device)))
+        model.load_adapter_state_dict(
+            load_file(str(directory / config.weights_file), device=str(next(base.parameters()).device))
+        )
         return model
 
     # ------------------------------------------------------------ merge for export
@@ -389,8 +453,26 @@ class SMoLModel(nn.Module):
                 for _, layer in self.smol_layers():
                     saved.append((layer, layer.weight.detach().clone()))
                     layer.weight.add_(layer.delta(route).to(layer.weight.dtype))
+                for _, layer in self.peft_layers():
+                    saved.append((layer, layer.weight.detach().clone()))
+                    layer.weight.add_(layer.get_delta_weight("default").to(layer.weight.dtype))
             yield self.base
         finally:
             with torch.no_grad():
                 for layer, original in saved:
                     layer.weight.copy_(original)
+
+
+def read_adapter_config(directory: str | Path) -> SMoLConfig:
+    """The adapter settings of a supernet (or checkpoint) directory, once its weights file is there too."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise UsageError(f"{directory} holds no SMoL adapter ({CONFIG_FILE}): run `amoebasearch train`")
+    config = SMoLConfig.from_dict(read_json_object(config_path, "SMoL config", "train the supernet again"))
+    if not (directory / config.weights_file).is_file():
+        raise UsageError(
+            f"{directory} has no finished SMoL weights ({config.weights_file}): "
+            "finish it with `amoebasearch train --resume`"
+        )
+    return config

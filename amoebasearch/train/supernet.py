@@ -3,7 +3,10 @@
 base.json            model reference (name or path) + signature; the weights stay where they are
 plan.json            the plan (orderings) the shapes are cut with
 shape_space.json     depths, head options, FFN options the supernet was trained over
-smol_config.json     SMoL hyper-parameters        smol.safetensors  LoRA + gate weights
+smol_config.json     SMoL hyper-parameters and the adapter format (``adapter_format``):
+  amoebasearch-smol  smol.safetensors: every LoRA of the mixture + the shape gate
+  peft-lora          (``train --no-smol``) adapter_config.json + adapter_model.safetensors: one
+                     standard peft LoRA, ``PeftModel.from_pretrained(base, directory)`` loads it
 train_config.json    loop settings and data        train_log.csv     loss per step and sampled shape
 checkpoint/          the latest resumable state (adapter + optimizer moments + step)
 """
@@ -25,7 +28,7 @@ from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, loa
 from amoebasearch.planfile import Plan
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 from amoebasearch.train import instruct
-from amoebasearch.train.smol import CONFIG_FILE, WEIGHTS_FILE, SMoLConfig, SMoLModel
+from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, read_adapter_config
 from amoebasearch.train.trainer import TrainConfig, require_batches, train
 from amoebasearch.train.workers import Workers
 from amoebasearch.userfiles import check_output_path, read_json_object
@@ -203,8 +206,9 @@ def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
     """Open a supernet directory; ``model`` overrides the recorded base reference (same signature)."""
     directory = Path(directory)
     base = read_base(directory)
-    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+    if not (directory / CONFIG_FILE).is_file():
         raise UsageError(f"{directory} has no finished SMoL weights: finish it with `amoebasearch train --resume`")
+    read_adapter_config(directory)  # and its weights file
     loaded = load(model or base["model"])
     check_base_signature(directory, base, loaded.model.config)
     plan = Plan.load(directory / "plan.json", loaded.model.config)

@@ -131,7 +131,7 @@ def load_checkpoint(directory: Path, model: SMoLModel, optimizer: torch.optim.Op
         raise UsageError(f"--resume: the SMoL settings differ from the checkpoint's {saved.to_dict()}; keep them equal")
     device = str(next(model.parameters()).device)
     try:
-        adapter = load_file(str(directory / "smol.safetensors"), device=device)
+        adapter = load_file(str(directory / saved.weights_file), device=device)
         flat = load_file(str(directory / "optimizer.safetensors"), device=device)
     except (OSError, SafetensorError) as err:
         raise UsageError(f"checkpoint {directory} cannot be read ({first_line(err)}): {BROKEN_CHECKPOINT}") from None

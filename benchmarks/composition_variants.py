@@ -2,8 +2,8 @@
 
 A diagnostic, not the published error (that is `latency_predictor.py`). Two parts:
 
-1. **Repeat validations of one table** (the same seeded subnets measured again, e.g. stop 11 and
-   stop 25 on the AMD EPYC onnxruntime table): per point, the correlation of each subnet's error
+1. **Repeat validations of one table** (the same seeded subnets measured again, e.g. two
+   validations of the AMD EPYC onnxruntime table on different days): per point, the correlation of each subnet's error
    between the two runs after each group's mean error is taken out (what is left of host drift).
    High means the error follows the subnet, i.e. the table's rows or the composition, not noise;
    more repeats of the validation cannot remove it.

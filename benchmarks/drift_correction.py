@@ -8,7 +8,7 @@ what leave-one-out over the calibration subnets would have chosen.
 
 The correction is not used by the harness: its candidate rule (correct when the sentinel's
 spread across groups exceeds the 2 % tolerance) made every phase of the two tables validated
-after the rule was written down worse (`profiles/README.md`, "Judged (stop 17)").
+after the rule was written down worse (`profiles/README.md`).
 
     python benchmarks/drift_correction.py [--profiles profiles/]
 

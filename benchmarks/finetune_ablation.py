@@ -7,10 +7,9 @@ balancing), --no-smol, --no-balance, --no-distill, all with the same steps, data
     python benchmarks/finetune_ablation.py                  # CPU-sized: 12 steps, seq 64, batch 2, lr 1e-3
     python benchmarks/finetune_ablation.py --steps 2000 --seq-len 256 --batch 8 --rank 64 --lr 2e-4 --heldout 64
     python benchmarks/finetune_ablation.py --steps 150 --seeds 0,1 --tag=-150 --resume   # several seeds, resumable
-    python3 benchmarks/finetune_ablation.py --device cuda --data /tmp/parts/w3/sharegpt-sample.json --steps 75 \
-        --seq-len 256 --batch 16 --examples 4300 --heldout 64 --seeds 0,1 --tag=-gpu --resume \
-        --plan benchmarks/results/plan-dp-importance-512tok.json --variants full,no-smol,no-balance,no-distill
-        # a lent GPU (stop 21, H200: 49-67 s per variant); gpu_weights.py says how the weights get there
+    python benchmarks/finetune_ablation.py --device cuda --steps 75 --seq-len 256 --batch 16 --examples 4300 \
+        --heldout 64 --seeds 0,1 --tag=-gpu --resume --plan benchmarks/results/plan-dp-importance-512tok.json \
+        --variants full,no-smol,no-balance,no-distill          # on a GPU (H200: 49-67 s per variant)
 
 The CPU defaults are cut to fit ~15 minutes of a 2-core CPU; the larger learning rate makes a
 12-step run move at all (the paper's 2e-4 is meant for 10K steps).

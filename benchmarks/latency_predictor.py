@@ -5,7 +5,7 @@ x phase, the share of held-out subnets whose predicted latency is within +-5 % a
 end-to-end measurement, and the mean absolute percentage error (MAPE). Bars
 (``amoebasearch.profile.accuracy.BAR``): >= 95 % within 5 %, >= 99 % within 10 %, MAPE <= 2 %, at
 least 50 subnets. Measured tables that are not shipped (``benchmarks/results/retired-tables/``:
-their validation missed the bar on machines no longer lent to the project) are scored beside
+their validation missed the bar on machines that cannot be measured again) are scored beside
 them with ``shipped`` False, so their figures stay published.
 
 Per measured table point it also says how often a subnet predicted exactly at a budget meets

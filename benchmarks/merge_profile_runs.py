@@ -1,8 +1,8 @@
 """Merge two runs of one table (same model, device, runtime, dtype) point by point.
 
-A lease on a lent GPU can end before a wide grid's validation does (stop 22, H200: the default
-grid, batch 1 x context 128, finished with 66 validated subnets; a second run over batch 1,8 x
-context 128,2048 measured all 600 rows but validated 36 subnets before the device time ran out).
+A run on a machine held for a limited time can end before a wide grid's validation does (H200:
+the default grid, batch 1 x context 128, finished with 66 validated subnets; a second run over
+batch 1,8 x context 128,2048 measured all 600 rows but validated 36 subnets before it ended).
 Each grid point of a table is self-contained: its rows, its validation rows and its calibration
 (fitted on that point's calibration subnets) belong to one run. So a point is taken whole from
 the first run that has it, and the other run fills in the rest; the sidecar is the primary run's,
@@ -10,7 +10,7 @@ with the union of grids and calibrations, the validation summary recomputed, and
 naming which run gave which point.
 
 ``--take phase/batch/context`` takes a point from the secondary run even where the primary has
-it. The use: a re-validation of an unchanged table (stop 25, AMD EPYC: `profile --resume
+it. The use: a re-validation of an unchanged table (AMD EPYC: `profile --resume
 --phases prefill --validate 50` on a copy of the shipped compile table, on a calmer host); its
 block rows equal the primary's, so only the validation and calibration change, and the table's
 profiling time is not counted twice.

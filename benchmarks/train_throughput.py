@@ -10,7 +10,7 @@ median step time after ``--warmup`` steps:
     python benchmarks/train_throughput.py --dispatch --rank 8 --ffn-step 32 --steps 14 --tag=-dispatch
 
 Throughput depends on shapes, not on weight or token values, so ``--random-weights`` builds the
-real architecture from ``config.json`` (where the 98 MB weights cannot travel, e.g. a lent GPU)
+real architecture from ``config.json`` (where the 98 MB weights are not at hand, e.g. a remote GPU)
 and sequences are seeded random token ids, every token labelled (the loss is over all of them,
 as for plain text). ``--dispatch`` swaps in SmolLM2's 30 layers at a width where FLOPs vanish, so
 the step time is what the loop costs to dispatch its ops: the bound of a step on a large GPU

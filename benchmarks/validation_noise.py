@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for names in pools:
         group = pooled(runs, names)
-        # validations from before stop 11 timed one copy and have no `instances` column (`validate.summary` alike)
+        # validations of the first tables timed one copy and have no `instances` column (`validate.summary` alike)
         copies = int(sum(runs[n].get("instances", pd.Series([1])).median() for n in names))
         for table, model in models.items():
             rows.append(

@@ -205,7 +205,7 @@ def test_cudagraph_replays_equal_eager_for_new_inputs():
             (Decoder(subnet), model_program(subnet, point, ctx)),
         ]
         # interleaved, as the harness replays them; the second point drops the first point's graphs
-        # (stop 21, H200: with one pool shared by all graphs, the next capture then hit an allocator assert)
+        # (H200: with one pool shared by all graphs, the next capture then hit an allocator assert)
         for _ in range(3):
             for module, (run, make, _) in pairs:
                 args = make()

@@ -120,7 +120,7 @@ def test_two_worker_processes_share_one_study(tmp_path):
     assert [w.wait(timeout=240) for w in workers] == [0, 0]
     study = optuna.load_study(study_name="shared", storage=open_storage(journal))
     numbers = [t.number for t in study.trials]
-    states = [(t.number, t.state.name, t.params) for t in study.trials]  # said when it fails (seen once in stop 27)
+    states = [(t.number, t.state.name, t.params) for t in study.trials]  # said when it fails (seen once)
     assert len(study.trials) == 30 and sorted(numbers) == list(range(30)), states  # none lost, none duplicated
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
 

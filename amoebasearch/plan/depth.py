@@ -274,7 +274,6 @@ class DepthSelection:
     metric_values: dict[int, float] = field(default_factory=dict)  # calibration metric per m (DP)
     validation: dict[int, dict[str, float]] = field(default_factory=dict)  # m -> source -> validation metric
     chosen_from: dict[int, str] = field(default_factory=dict)  # m -> the source whose set won (validated)
-    runners_up: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # m -> further DP entries
 
     def layer_sets(self, num_layers: int) -> dict[int, tuple[int, ...]]:
         """depth -> kept layers (ascending)."""

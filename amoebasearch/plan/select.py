@@ -157,7 +157,7 @@ class DPRuns:
     split_ends: bool
 
     def run(self, name: str, runner: LayerRunner) -> DepthSelection:
-        """The DP's best set per removal count on ``runner``'s chunks; every final entry kept as a runner-up."""
+        """The DP's best set per removal count on ``runner``'s chunks."""
         evaluator = ModelEvaluator(runner, make_metric(self.metric, runner))
         on_row = None if self.on_row is None else functools.partial(self.on_row, name)
         result = dp_depth(
@@ -169,13 +169,7 @@ class DPRuns:
             beam=self.beam,
             split_ends=self.split_ends,
         )
-        selection = from_table(result)
-        selection.runners_up = {
-            m: {f"dp#{rank}": removed for rank, (_, removed) in enumerate(cell[1:], start=2)}
-            for m, cell in enumerate(result.cells[result.num_layers])
-            if cell
-        }
-        return selection
+        return from_table(result)
 
 
 def validated_selection(

@@ -375,37 +375,26 @@ class SMoLModel(nn.Module):
         return state
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        layers = dict(self.smol_layers())
         current = self.adapter_state_dict()
-        expected = set(current)
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state))[:2], sorted(set(state) - expected)[:2]
+        if set(state) != set(current):
+            missing, extra = sorted(set(current) - set(state))[:2], sorted(set(state) - set(current))[:2]
             raise UsageError(f"SMoL weights do not match this model (missing {missing}, unexpected {extra})")
+        for key, tensor in state.items():
+            if tensor.shape != current[key].shape:
+                needed = tuple(current[key].shape)
+                raise UsageError(f"SMoL tensor {key} has shape {tuple(tensor.shape)}, model needs {needed}")
         if self.config.plain:
-            self._load_peft_state(state, current)
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.base, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
             return
+        layers = dict(self.smol_layers())
         with torch.no_grad():
             for key, tensor in state.items():
-                if key.startswith("gate."):
-                    continue
-                name, param = key.rsplit(".", 1)
-                target = getattr(layers[name], param)
-                if target.shape != tensor.shape:
-                    raise UsageError(
-                        f"SMoL tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(target.shape)}"
-                    )
-                target.copy_(tensor)
+                if not key.startswith("gate."):
+                    name, param = key.rsplit(".", 1)
+                    getattr(layers[name], param).copy_(tensor)
         self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
-
-    def _load_peft_state(self, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
-                raise UsageError(
-                    f"LoRA tensor {key} has shape {tuple(tensor.shape)}, model needs {tuple(expected[key].shape)}"
-                )
-        set_peft_model_state_dict(self.base, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write ``smol_config.json`` and the weights (each atomically): ``smol.safetensors`` for a
@@ -450,12 +439,11 @@ class SMoLModel(nn.Module):
         try:
             with torch.no_grad():
                 route = self.route(shape)
-                for _, layer in self.smol_layers():
+                deltas = [(layer, layer.delta(route)) for _, layer in self.smol_layers()]
+                deltas += [(layer, layer.get_delta_weight("default")) for _, layer in self.peft_layers()]
+                for layer, delta in deltas:
                     saved.append((layer, layer.weight.detach().clone()))
-                    layer.weight.add_(layer.delta(route).to(layer.weight.dtype))
-                for _, layer in self.peft_layers():
-                    saved.append((layer, layer.weight.detach().clone()))
-                    layer.weight.add_(layer.get_delta_weight("default").to(layer.weight.dtype))
+                    layer.weight.add_(delta.to(layer.weight.dtype))
             yield self.base
         finally:
             with torch.no_grad():
@@ -468,7 +456,10 @@ def read_adapter_config(directory: str | Path) -> SMoLConfig:
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise UsageError(f"{directory} holds no SMoL adapter ({CONFIG_FILE}): run `amoebasearch train`")
+        raise UsageError(
+            f"{directory} has no finished SMoL weights ({CONFIG_FILE}): finish it with `amoebasearch train "
+            "--resume`, or train one"
+        )
     config = SMoLConfig.from_dict(read_json_object(config_path, "SMoL config", "train the supernet again"))
     if not (directory / config.weights_file).is_file():
         raise UsageError(

@@ -28,7 +28,7 @@ from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, loa
 from amoebasearch.planfile import Plan
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 from amoebasearch.train import instruct
-from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, read_adapter_config
+from amoebasearch.train.smol import SMoLConfig, SMoLModel, read_adapter_config
 from amoebasearch.train.trainer import TrainConfig, require_batches, train
 from amoebasearch.train.workers import Workers
 from amoebasearch.userfiles import check_output_path, read_json_object
@@ -206,9 +206,7 @@ def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:
     """Open a supernet directory; ``model`` overrides the recorded base reference (same signature)."""
     directory = Path(directory)
     base = read_base(directory)
-    if not (directory / CONFIG_FILE).is_file():
-        raise UsageError(f"{directory} has no finished SMoL weights: finish it with `amoebasearch train --resume`")
-    read_adapter_config(directory)  # and its weights file
+    read_adapter_config(directory)  # its config and weights file are there, before the slow model load
     loaded = load(model or base["model"])
     check_base_signature(directory, base, loaded.model.config)
     plan = Plan.load(directory / "plan.json", loaded.model.config)

@@ -223,6 +223,15 @@ def encode_instruction(example: InstructionExample, tokenizer: Any, max_len: int
 # ---------------------------------------------------------------- tokenising and splitting
 
 
+def pad_token(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS, else 0 (padding carries no loss)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens (any HF tokenizer, or anything with ``encode``)."""
     return list(tokenizer.encode(text, add_special_tokens=False))

@@ -31,7 +31,6 @@ from amoebasearch.shape import ModelDims, Shape
 from amoebasearch.userfiles import require_file
 
 COLUMNS = ("selection", "depth", "heads", "ffn", "layers", "quality", "metric", "model", "signature")
-METRIC_LABELS = {"ppl": "held-out perplexity", "accuracy": "multiple-choice accuracy"}
 
 
 def qualities_frame(

@@ -319,3 +319,41 @@ def test_find_refuses_a_table_of_this_cpu_at_other_threads(setup, tmp_path, caps
     assert f"pass --threads {other}" in capsys.readouterr().err
     assert main(find_args(setup, tmp_path, "--budget", "3ms", "--trials", "2", "--threads", str(other))) == 0
     assert json.loads(capsys.readouterr().out)["threads"] == other
+
+
+def test_find_instruct_scores_the_pairs_train_never_reads(setup, tmp_path, capsys):
+    from amoebasearch.data import pad_token
+    from amoebasearch.elastic import elastic_logits
+    from amoebasearch.models import load
+    from amoebasearch.shape import Shape
+    from amoebasearch.train.evaluate import response_perplexity
+    from amoebasearch.train.instruct import held_out_pairs, held_out_split, read_examples
+
+    checkpoint, _, table = setup
+    words = PROSE.split()
+    records = [
+        {"instruction": " ".join(words[i : i + 5]), "output": " ".join(words[i + 5 : i + 12])} for i in range(40)
+    ]
+    pairs_file = tmp_path / "pairs.json"
+    pairs_file.write_text(json.dumps(records))
+    train_part, held = held_out_split(read_examples(pairs_file))
+    assert len(held) == 4 and train_part + held == read_examples(pairs_file)  # the last tenth, disjoint
+
+    capsys.readouterr()
+    args = find_args((checkpoint, pairs_file, table), tmp_path, "--budget", "3ms", "--metric", "instruct")
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "instruct" and report["best"]["latency_ms"] <= 3.0
+    assert report["best"]["quality"] == min(c["quality"] for c in report["front"])
+
+    loaded = load(str(checkpoint))  # the same number computed here, outside the search
+    pairs = held_out_pairs(pairs_file, loaded.tokenizer, 256)
+    shape = Shape.from_dict(report["best"]["shape"])
+    expected = response_perplexity(elastic_logits(loaded.model), shape, pairs, pad_id=pad_token(loaded.tokenizer))
+    assert report["best"]["quality"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_instruct_needs_instruction_pairs(setup, tmp_path, capsys):
+    checkpoint, data, table = setup  # data: plain text
+    assert main(find_args(setup, tmp_path, "--budget", "3ms", "--metric", "instruct")) == 2
+    assert "plain text" in capsys.readouterr().err

@@ -61,7 +61,9 @@ def test_train_then_export_merged_subnet(setup, capsys):
         assert (out / name).is_file(), name
     assert main(train_args(model, data, out, "--steps", "3", "--save-every", "1", "--resume")) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
-    assert json.loads((out / "train_config.json").read_text())["train"]["steps"] == 3  # what the run ended with
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["train"]["steps"] == 3  # what the run ended with
+    assert config["held_out_pairs"] == 1 and config["sequences"] == len(RECORDS) - 1  # the last tenth: never read
 
     exported = tmp / "subnet"
     assert (

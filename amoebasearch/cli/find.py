@@ -17,6 +17,7 @@ from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.find import METRICS
 from amoebasearch.search.margin import parse_margin
+from amoebasearch.search.quality import METRIC_LABELS
 from amoebasearch.search.study import SAMPLERS
 from amoebasearch.userfiles import check_output_path
 
@@ -60,19 +61,22 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--metric",
         choices=METRICS,
         default="ppl",
-        help="quality: held-out perplexity (ppl, default) or multiple-choice accuracy (accuracy)",
+        help="quality: held-out perplexity (ppl, default), response perplexity on held-out instruction pairs "
+        "(instruct) or multiple-choice accuracy (accuracy)",
     )
     parser.add_argument(
         "--data",
-        help="ppl: held-out text; accuracy: multiple-choice JSONL (context/question/ctx, endings/choices, "
-        "label/answer/gold). Default: the embedded corpus (accuracy: a cloze task on its held-out chapters)",
+        help="ppl: held-out text; instruct: Alpaca/ShareGPT pairs (its last ones, which train never reads); "
+        "accuracy: multiple-choice JSONL (context/question/ctx, endings/choices, label/answer/gold). Default: "
+        "the embedded corpus (accuracy: a cloze task on its held-out chapters; instruct: the supernet's "
+        "training data, else the embedded ShareGPT pairs)",
     )
     parser.add_argument("--eval-tokens", type=positive_int, default=2048, help="ppl: held-out tokens per shape (2048)")
     parser.add_argument(
         "--eval-items",
         type=positive_int_up_to(MAX_EVAL_ITEMS, "each item costs a forward pass per choice per shape (200: 20-51 s)"),
         default=200,
-        help=f"accuracy: items per shape (200, at most {MAX_EVAL_ITEMS:,})",
+        help=f"accuracy: items per shape; instruct: held-out pairs per shape (200, at most {MAX_EVAL_ITEMS:,})",
     )
     parser.add_argument("--trials", type=positive_int, default=60, help="Optuna trials (default 60)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
@@ -194,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if report["metric"] == "accuracy":
         print(f"  multiple-choice accuracy {best['quality']:.3f} ({best['quality']:.1%})")
     else:
-        print(f"  held-out perplexity {best['quality']:.3f}")
+        print(f"  {METRIC_LABELS[report['metric']]} {best['quality']:.3f}")
     if "quality_gguf" in best:
         print(f"  held-out perplexity of its GGUF in llama.cpp {best['quality_gguf']:.3f}")
     print(

@@ -48,7 +48,7 @@ def run_fronts(args: argparse.Namespace) -> int:
     from amoebasearch import atomic, fronts
     from amoebasearch.plots import plot_fronts, save_png
     from amoebasearch.profile.table import load_table
-    from amoebasearch.search.quality import HIGHER_IS_BETTER
+    from amoebasearch.search.quality import HIGHER_IS_BETTER, METRIC_LABELS
 
     frame = fronts.read_qualities(args.qualities)
     point = (args.phase, args.batch, args.context)
@@ -64,7 +64,7 @@ def run_fronts(args: argparse.Namespace) -> int:
     ]
     reference = load_table(args.reference, signature, model) if args.reference else tables[0]
     metric = str(frame["metric"].iloc[0])
-    label = fronts.METRIC_LABELS[metric]
+    label = METRIC_LABELS[metric]
     where = f"{args.phase}, batch {args.batch}, context {args.context}"
     by_device = fronts.device_fronts(frame, tables, *point)
     by_selection = fronts.selection_fronts(frame, reference, *point)

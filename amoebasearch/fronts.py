@@ -3,9 +3,9 @@
 Quality is a property of the supernet, latency a property of the device: a shape evaluated once
 can be priced on every table. So fronts are computed from two plain artefacts:
 
-* a *qualities* CSV, one row per evaluated shape (``selection, depth, heads, ffn, layers,
-  quality, metric, model, signature``), written by `find` (every shape in its quality cache) and
-  by ``benchmarks/pareto_fronts.py`` (the whole shape space plus baseline layer selections);
+* a *qualities* CSV (`search.qualities`), one row per evaluated shape (``selection, depth, heads,
+  ffn, layers, quality, metric, model, signature``), written by `find` (every shape in its quality
+  cache) and by ``benchmarks/pareto_fronts.py`` (the whole shape space plus baseline layer selections);
 * latency tables (measured or estimated) of the same model signature.
 
 ``selection`` names how the layers and widths were chosen (e.g. ``dp+importance`` for a plan,
@@ -15,82 +15,39 @@ for the baseline overlay, where depth-only curves of other selections sit beside
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from amoebasearch import atomic
 from amoebasearch.errors import UsageError
 from amoebasearch.plots import Curve
 from amoebasearch.profile.predict import point_model
 from amoebasearch.profile.table import LatencyTable, folder_label
-from amoebasearch.search.quality import HIGHER_IS_BETTER
+from amoebasearch.quality import HIGHER_IS_BETTER, METRIC_LABELS
+from amoebasearch.search.qualities import COLUMNS, qualities_frame, read_qualities, shape_of, write_qualities
 from amoebasearch.search.study import Candidate, pareto_front
-from amoebasearch.shape import ModelDims, Shape
-from amoebasearch.userfiles import require_file
+from amoebasearch.shape import ModelDims
 
-COLUMNS = ("selection", "depth", "heads", "ffn", "layers", "quality", "metric", "model", "signature")
-
-
-def qualities_frame(
-    records: Iterable[tuple[Shape, float]], selection: str, metric: str, model: str, signature: str
-) -> pd.DataFrame:
-    """Rows in the qualities CSV layout for ``(shape, quality)`` pairs of one selection."""
-    rows = [
-        {
-            "selection": selection,
-            "depth": shape.depth,
-            "heads": shape.heads,
-            "ffn": shape.ffn,
-            "layers": " ".join(str(i) for i in shape.layers),
-            "quality": float(quality),
-            "metric": metric,
-            "model": model,
-            "signature": signature,
-        }
-        for shape, quality in records
-    ]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
-
-
-def write_qualities(frame: pd.DataFrame, path: str | Path) -> Path:
-    return atomic.write_text(path, frame.to_csv(index=False))
-
-
-def read_qualities(path: str | Path) -> pd.DataFrame:
-    """Load a qualities CSV; a missing file, missing columns or mixed models are one-line errors."""
-    path = Path(path)
-    require_file(path, "qualities file", "`amoebasearch find` writes one (qualities.csv in its --out)")
-    try:
-        # signatures are hex digests: "0123..." or "1e50..." must not turn into numbers
-        frame = pd.read_csv(path, dtype={"layers": str, "selection": str, "signature": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UsageError(f"qualities file {path} is not a readable CSV ({err})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise UsageError(f"qualities file {path} lacks column(s) {missing}: expected {', '.join(COLUMNS)}")
-    if frame.empty:
-        raise UsageError(f"qualities file {path} has no rows: evaluate some shapes first (`amoebasearch find`)")
-    for column in ("signature", "metric"):
-        if frame[column].nunique() > 1:
-            raise UsageError(f"qualities file {path} mixes several {column}s: keep one model and one metric per file")
-    if frame["metric"].iloc[0] not in HIGHER_IS_BETTER:
-        raise UsageError(f"qualities file {path} has unknown metric {frame['metric'].iloc[0]!r}")
-    bad = [c for c in ("quality", "heads", "ffn") if pd.to_numeric(frame[c], errors="coerce").isna().any()]
-    if bad or not frame["layers"].astype(str).str.fullmatch(r"\d+( \d+)*").all():
-        column = bad[0] if bad else "layers"
-        raise UsageError(
-            f"qualities file {path}: column {column} holds values that are not numbers "
-            "(layers: layer indices separated by spaces): write it with `amoebasearch find`"
-        )
-    frame.attrs["path"] = str(path)  # so a shape the priced table's model cannot have names its file
-    return frame
-
-
-def shape_of(row: pd.Series) -> Shape:
-    layers = tuple(int(i) for i in str(row["layers"]).split())
-    return Shape(layers, int(row["heads"]), int(row["ffn"]))
+# the qualities CSV's readers and writers and the metrics' names are part of this module's API
+# (the notebooks and benchmarks/pareto_fronts.py use them from here)
+__all__ = [
+    "COLUMNS",
+    "HIGHER_IS_BETTER",
+    "METRIC_LABELS",
+    "candidates",
+    "curves_frame",
+    "device_fronts",
+    "front_curve",
+    "main_selection",
+    "qualities_frame",
+    "read_qualities",
+    "selection_fronts",
+    "shape_of",
+    "table_label",
+    "tables_for",
+    "write_qualities",
+]
 
 
 def main_selection(frame: pd.DataFrame) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from amoebasearch.devices import physical_cores
 from amoebasearch.errors import UsageError
 
 INSTALL = (
@@ -47,8 +48,6 @@ def quiet_logs() -> None:
 
 def default_threads() -> int:
     """The threads llama.cpp's own tools (llama-cli, llama-server) use when given none: the physical cores."""
-    from amoebasearch.profile.fingerprint import physical_cores
-
     return physical_cores()
 
 

@@ -25,6 +25,8 @@ from amoebasearch.errors import UsageError, first_line
 from amoebasearch.shape import ModelDims
 
 DEFAULT_MODEL = "smollm2-135m"
+# the --model flag of every verb that loads a model
+MODEL_HELP = f"embedded model name or Hugging Face checkpoint directory (default: {DEFAULT_MODEL})"
 
 # model_type -> family name. SmolLM/SmolLM2 are model_type "llama".
 SUPPORTED_FAMILIES = {"llama": "Llama (incl. SmolLM)", "mistral": "Mistral", "qwen2": "Qwen2"}

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from amoebasearch.dims import ModelDims
 from amoebasearch.errors import UsageError
-from amoebasearch.shape import ModelDims
 
 
 @dataclass(frozen=True)

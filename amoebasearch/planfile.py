@@ -18,6 +18,7 @@ from amoebasearch.shape import ModelDims
 from amoebasearch.userfiles import read_json, require_file
 
 PLAN_FORMAT = 1
+PLAN_HELP = "plan JSON from `amoebasearch plan` (default: identity ordering)"  # the --plan flag
 
 
 @dataclass

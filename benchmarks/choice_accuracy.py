@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch.elastic import elastic_logits  # noqa: E402
-from amoebasearch.planfile import Plan  # noqa: E402
-from amoebasearch.search.find import FindRequest, QualitySource  # noqa: E402
-from amoebasearch.shape import ShapeSpace  # noqa: E402
+from amoebasearch.elastic import elastic_logits
+from amoebasearch.planfile import Plan
+from amoebasearch.search.find import FindRequest, QualitySource
+from amoebasearch.shape import ShapeSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(30, 9, 1536), (24, 9, 1536), (24, 6, 1024), (20, 9, 1536), (20, 6, 768), (15, 9, 1536), (15, 3, 512)]

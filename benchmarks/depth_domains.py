@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from domains import DOMAINS, domain_split
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from domains import DOMAINS, domain_split  # noqa: E402
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch import atomic  # noqa: E402
-from amoebasearch.cli.profile import comma_list  # noqa: E402
-from amoebasearch.models import load  # noqa: E402
-from amoebasearch.plan.depth import DEPTH_METHODS  # noqa: E402
-from amoebasearch.plan.evaluate import SubsetScorer  # noqa: E402
-from amoebasearch.plan.select import default_split_ends, select_depth  # noqa: E402
+from amoebasearch import atomic
+from amoebasearch.cli.profile import comma_list
+from amoebasearch.models import load
+from amoebasearch.plan.depth import DEPTH_METHODS
+from amoebasearch.plan.evaluate import SubsetScorer
+from amoebasearch.plan.select import default_split_ends, select_depth
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -6,8 +6,8 @@ chosen by DP (ours) and by the baselines a user would pick instead: ShortGPT blo
 All methods see the same calibration chunks; calibration and held-out chunks are disjoint. The
 DP minimises KL to the full model on 2,048 calibration tokens and keeps the best prefix per ending
 (`plan`'s defaults: --split-ends); held-out perplexity is measured on 8,192 tokens. KL ranked
-removals best on a separate validation set (depth_metric_diagnosis.py, which never reads this
-held-out set); the ppl baseline keeps its own criterion, calibration perplexity.
+single-layer removals best on a separate validation set that never overlaps this held-out set
+(docs/design.md); the ppl baseline keeps its own criterion, calibration perplexity.
 
 Also times the DP (the KL reference pass included) and estimates the naive DP (both candidates
 of every cell re-run through the whole network) from the measured cost of one full evaluation
@@ -21,19 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch.data import calibration_split  # noqa: E402
-from amoebasearch.models import load  # noqa: E402
-from amoebasearch.plan.depth import (  # noqa: E402
+from amoebasearch.data import calibration_split
+from amoebasearch.models import load
+from amoebasearch.plan.depth import (
     by_scores,
     dp_depth,
     drop_last,
@@ -41,14 +38,14 @@ from amoebasearch.plan.depth import (  # noqa: E402
     naive_dp_evaluations,
     random_removal,
 )
-from amoebasearch.plan.evaluate import SubsetScorer  # noqa: E402
-from amoebasearch.plan.layerwise import LayerRunner  # noqa: E402
-from amoebasearch.plan.metrics import METRICS, Perplexity  # noqa: E402
-from amoebasearch.plan.select import ModelEvaluator, block_influence, make_metric, removal_metric  # noqa: E402
-from amoebasearch.plots import save_png  # noqa: E402
+from amoebasearch.plan.evaluate import SubsetScorer
+from amoebasearch.plan.layerwise import LayerRunner
+from amoebasearch.plan.select import METRICS, ModelEvaluator, block_influence, make_metric, removal_metric
+from amoebasearch.plots import save_png
+from amoebasearch.quality import Perplexity
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_METRIC = "kl"  # ranks single-layer removals best on unseen text: depth_metric_diagnosis.py
+DEFAULT_METRIC = "kl"  # ranks single-layer removals best on unseen text (docs/design.md)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -33,17 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fingerprint import machine  # noqa: E402
+from fingerprint import machine
 
 from amoebasearch import atomic, models
 from amoebasearch.planfile import Plan
 from amoebasearch.plots import save_png
+from amoebasearch.quality import model_perplexity as perplexity
 from amoebasearch.shape import Shape, ShapeSpace
 from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
-from amoebasearch.train.evaluate import perplexity
 from amoebasearch.train.instruct import default_instruction_path, read_sharegpt, split, tokenise_examples
 
 RESULTS = Path(__file__).parent / "results"

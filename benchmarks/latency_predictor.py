@@ -33,19 +33,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch.plots import save_png  # noqa: E402
-from amoebasearch.profile import load_table, predict_latency  # noqa: E402
-from amoebasearch.profile.accuracy import BAR, point_rows  # noqa: E402
-from amoebasearch.profile.estimate import DeviceSpec, describes, modelled_runtime  # noqa: E402
-from amoebasearch.profile.table import validation_path  # noqa: E402
-from amoebasearch.profile.validate import summary  # noqa: E402
-from amoebasearch.search.margin import budget_hit_rates  # noqa: E402
-from amoebasearch.shape import Shape  # noqa: E402
+from amoebasearch.plots import save_png
+from amoebasearch.profile import load_table, predict_latency
+from amoebasearch.profile.accuracy import BAR, point_rows
+from amoebasearch.profile.estimate import DeviceSpec, describes, modelled_runtime
+from amoebasearch.profile.table import validation_path
+from amoebasearch.profile.validate import summary
+from amoebasearch.search.margin import budget_hit_rates
+from amoebasearch.shape import Shape
 
 RESULTS = Path(__file__).parent / "results"
 PROFILES = Path(__file__).parent.parent / "profiles"

@@ -7,17 +7,14 @@ cache each time; warm runs reuse one filled cache. Figures are medians over repe
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch import models  # noqa: E402
+from amoebasearch import models
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

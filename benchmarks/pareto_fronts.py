@@ -19,29 +19,26 @@ latency_table-cpu-eager.png.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from fingerprint import machine
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch import fronts  # noqa: E402
-from amoebasearch.data import plan_split  # noqa: E402
-from amoebasearch.elastic import elastic_logits  # noqa: E402
-from amoebasearch.models import load, model_signature  # noqa: E402
-from amoebasearch.ordering import Ordering  # noqa: E402
-from amoebasearch.plan.select import select_depth  # noqa: E402
-from amoebasearch.planfile import Plan  # noqa: E402
-from amoebasearch.plots import plot_fronts, plot_latency_table, save_png  # noqa: E402
-from amoebasearch.profile.predict import phase_predictors, table_space  # noqa: E402
-from amoebasearch.search.cache import QualityCache, cache_study_name  # noqa: E402
-from amoebasearch.search.quality import HeldOutPerplexity  # noqa: E402
-from amoebasearch.search.storage import open_storage  # noqa: E402
-from amoebasearch.shape import ShapeSpace  # noqa: E402
+from amoebasearch import fronts
+from amoebasearch.data import plan_split
+from amoebasearch.elastic import elastic_logits
+from amoebasearch.models import load, model_signature
+from amoebasearch.ordering import Ordering
+from amoebasearch.plan.select import select_depth
+from amoebasearch.planfile import Plan
+from amoebasearch.plots import plot_fronts, plot_latency_table, save_png
+from amoebasearch.profile.predict import phase_predictors, table_space
+from amoebasearch.quality import METRIC_LABELS, HeldOutPerplexity
+from amoebasearch.search.cache import QualityCache, cache_study_name
+from amoebasearch.search.storage import open_storage
+from amoebasearch.shape import ShapeSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CPU_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-t1-eager-float32.csv")
@@ -107,7 +104,7 @@ def draw(frame: pd.DataFrame, args: argparse.Namespace) -> None:
     by_device = fronts.device_fronts(frame, tables, *point)
     reference = next(t for t in tables if Path(t.path).name == CPU_TABLE.name)
     by_selection = fronts.selection_fronts(frame, reference, *point)
-    label = fronts.METRIC_LABELS["ppl"]
+    label = METRIC_LABELS["ppl"]
     where = f"{args.phase}, batch 1, context 128; plan-only supernet (before fine-tuning)"
     for name, curves, title in (
         ("pareto_fronts", by_device, f"SmolLM2-135M Pareto fronts per device ({where})"),

@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
+from fingerprint import machine
 
-from amoebasearch import atomic  # noqa: E402
-from amoebasearch.cli.profile import comma_list  # noqa: E402
+from amoebasearch import atomic
+from amoebasearch.cli.profile import comma_list
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -2,12 +2,15 @@
 
 For budgets at 30/50/70/90% of the full model's predicted latency, compare Optuna (TPE) with
 the exhaustive optimum over the whole discrete shape space and with random search given the
-same number of trials. The exhaustive pass evaluates every shape once (held-out perplexity
-through the elastic forward of the plan) and is cached in an Optuna journal, so reruns are fast.
+same number of trials. Random search is pure random (Optuna's RandomSampler): unlike TPE in
+`find` it is not seeded with the shapes on the budget's boundary and does no local refinement.
+The exhaustive pass evaluates every shape once (held-out perplexity through the elastic forward
+of the plan) and is cached in an Optuna journal, so reruns are fast.
 
 The shipped result used benchmarks/results/plan-dp-importance-512tok.json (`amoebasearch plan
 --tokens 512 --max-remove 15`: DP depth + importance width); the exhaustive pass over its 1,152
-shapes took 13.5 min on the 2-core CPU.
+shapes takes 13.5 min on an idle 2-core CPU (the CSV's ``exhaustive_eval_s`` says what it took
+for the committed run, on cores shared with other work).
 
 Usage: python benchmarks/search_quality.py --plan plan.json [--table profiles/....csv]
        [--eval-tokens 512] [--trials-share 0.1] [--seeds 3]
@@ -18,29 +21,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from fingerprint import machine
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch.data import plan_split  # noqa: E402
+from amoebasearch.data import plan_split
 from amoebasearch.elastic import elastic_logits
-from amoebasearch.models import load, model_signature  # noqa: E402
-from amoebasearch.planfile import Plan  # noqa: E402
-from amoebasearch.plots import Curve, plot_fronts, save_png  # noqa: E402
-from amoebasearch.profile.predict import point_model  # noqa: E402
-from amoebasearch.profile.table import load_table  # noqa: E402
-from amoebasearch.search.cache import QualityCache, cache_study_name  # noqa: E402
-from amoebasearch.search.quality import HeldOutPerplexity  # noqa: E402
-from amoebasearch.search.storage import open_storage  # noqa: E402
-from amoebasearch.search.study import Candidate, pareto_front, search  # noqa: E402
-from amoebasearch.shape import ShapeSpace  # noqa: E402
+from amoebasearch.models import load, model_signature
+from amoebasearch.planfile import Plan
+from amoebasearch.plots import Curve, plot_fronts, save_png
+from amoebasearch.profile.predict import point_model
+from amoebasearch.profile.table import load_table
+from amoebasearch.quality import HeldOutPerplexity
+from amoebasearch.search.cache import QualityCache, cache_study_name
+from amoebasearch.search.storage import open_storage
+from amoebasearch.search.study import Candidate, pareto_front, search
+from amoebasearch.shape import ShapeSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TABLE = Path("profiles/smollm2-135m-cpu-amd-epyc-t1-eager-float32.csv")
@@ -95,12 +95,12 @@ def main() -> None:
                     seen.add(shape)
                     return quality[shape]
 
-                memory = QualityCache(optuna.storages.InMemoryStorage(), "q")
                 t0 = time.perf_counter()
-                result = search(
+                memory = QualityCache(optuna.storages.InMemoryStorage(), "q")
+                best = search(
                     space, lambda s: latency[s], counted, memory, budget, trials=trials,
                     sampler=sampler, seed=seed, progress=False,
-                )  # fmt: skip
+                ).best  # fmt: skip
                 rows.append(
                     {
                         "budget_share": share,
@@ -110,9 +110,9 @@ def main() -> None:
                         "trials": trials,
                         "evaluations": len(seen),
                         "evaluation_share": len(seen) / len(space),
-                        "best_ppl": result.best.quality,
+                        "best_ppl": best.quality,
                         "optimum_ppl": optimum,
-                        "gap_pct": (result.best.quality - optimum) / optimum * 100,
+                        "gap_pct": (best.quality - optimum) / optimum * 100,
                         "search_s": time.perf_counter() - t0,
                     }
                 )

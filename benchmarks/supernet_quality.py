@@ -29,25 +29,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from finetune_ablation import shapes_and_data  # noqa: E402
-from fingerprint import machine  # noqa: E402
+from finetune_ablation import shapes_and_data
+from fingerprint import machine
 
 from amoebasearch import atomic, models
 from amoebasearch.planfile import Plan
+from amoebasearch.quality import model_perplexity as perplexity
 from amoebasearch.search.find import CLOZE, FindRequest, QualitySource
 from amoebasearch.shape import Shape, ShapeSpace
 from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
-from amoebasearch.train.evaluate import perplexity
 
 RESULTS = Path(__file__).parent / "results"
 PLAN = RESULTS / "plan-dp-importance-512tok.json"

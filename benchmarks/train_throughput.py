@@ -24,24 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch import atomic, models  # noqa: E402
-from amoebasearch.models import ModelDims  # noqa: E402
-from amoebasearch.planfile import Plan  # noqa: E402
-from amoebasearch.profile.timing import summarize  # noqa: E402
-from amoebasearch.shape import ShapeSpace  # noqa: E402
-from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train  # noqa: E402
-from amoebasearch.train.instruct import Tokenised  # noqa: E402
+from amoebasearch import atomic, models
+from amoebasearch.data.instructions import Tokenised
+from amoebasearch.models import ModelDims
+from amoebasearch.planfile import Plan
+from amoebasearch.profile.timing import summarize
+from amoebasearch.shape import ShapeSpace
+from amoebasearch.train import SMoLConfig, SMoLModel, TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # (LoRAs, top-k, distill, balance), as `train` and its ablation switches build them

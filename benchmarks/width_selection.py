@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from fingerprint import machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fingerprint import machine  # noqa: E402
-
-from amoebasearch.data import calibration_split  # noqa: E402
-from amoebasearch.models import load  # noqa: E402
-from amoebasearch.ordering import Ordering  # noqa: E402
-from amoebasearch.plan.evaluate import shape_metric  # noqa: E402
-from amoebasearch.plan.width import importance_scores, magnitude_scores, random_scores  # noqa: E402
-from amoebasearch.plots import save_png  # noqa: E402
-from amoebasearch.shape import Shape  # noqa: E402
+from amoebasearch.data import calibration_split
+from amoebasearch.models import load
+from amoebasearch.ordering import Ordering
+from amoebasearch.plan.width import importance_scores, magnitude_scores, random_scores
+from amoebasearch.plots import save_png
+from amoebasearch.quality import shape_metric
+from amoebasearch.shape import Shape
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FFN_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)

@@ -325,8 +325,8 @@ def test_find_instruct_scores_the_pairs_train_never_reads(setup, tmp_path, capsy
     from amoebasearch.data import pad_token
     from amoebasearch.elastic import elastic_logits
     from amoebasearch.models import load
+    from amoebasearch.quality import response_perplexity
     from amoebasearch.shape import Shape
-    from amoebasearch.train.evaluate import response_perplexity
     from amoebasearch.train.instruct import held_out_pairs, held_out_split, read_examples
 
     checkpoint, _, table = setup

@@ -1,21 +1,21 @@
-"""benchmarks/merge_profile_runs.py: a grid point is taken whole from one run, never mixed."""
+"""amoebasearch.profile.merge: a grid point is taken whole from one run, never mixed."""
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from amoebasearch.profile.table import LatencyTable, load_table, validation_path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from merge_profile_runs import main  # noqa: E402
+from amoebasearch.errors import UsageError
+from amoebasearch.profile.merge import merge_runs
+from amoebasearch.profile.table import LatencyTable
 
 DIMS = {"num_layers": 2, "num_heads": 3, "num_kv_heads": 1, "ffn": 64, "hidden": 192, "head_dim": 64}
 
 
-def run(path: Path, points: list[tuple[str, int, int]], us: float, uuid: str = "GPU-1") -> Path:
-    """A one-block table whose every row costs ``us`` at ``points``, and its validation file."""
+def run(
+    name: str, points: list[tuple[str, int, int]], us: float, uuid: str = "GPU-1"
+) -> tuple[LatencyTable, pd.DataFrame]:
+    """A one-block table whose every row costs ``us`` at ``points``, and its validation rows."""
     rows, checks = [], []
     for phase, batch, context in points:
         for block in ("embedding", "decoder", "head", "overhead"):
@@ -41,50 +41,51 @@ def run(path: Path, points: list[tuple[str, int, int]], us: float, uuid: str = "
         "calibration": {f"{p}/{b}/{c}": {"scale": us, "offset_us": 0.0} for p, b, c in points},
         "validation": {"heldout": 2, "calibration": 1, "seed": 0, "summary": []},
     }
-    LatencyTable(pd.DataFrame(rows), meta).save(path)
-    pd.DataFrame(checks).to_csv(validation_path(path), index=False)
-    return path
+    return LatencyTable(pd.DataFrame(rows), meta, Path(name) / "t.csv"), pd.DataFrame(checks)
 
 
-def test_each_point_comes_whole_from_the_first_run_that_has_it(tmp_path):
-    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
-    secondary = run(tmp_path / "b" / "t.csv", [("decode", 1, 128), ("decode", 8, 2048)], us=20.0)
-    out = tmp_path / "merged" / "t.csv"
-    assert main([str(primary), str(secondary), str(out)]) == 0
-    merged = load_table(out)
+def test_each_point_comes_whole_from_the_first_run_that_has_it():
+    primary = run("a", [("decode", 1, 128)], us=10.0)
+    secondary = run("b", [("decode", 1, 128), ("decode", 8, 2048)], us=20.0)
+    merged, validation = merge_runs(*primary, *secondary)
     by_point = merged.rows.groupby(["phase", "batch", "context"])["median_us"].unique()
     assert list(by_point[("decode", 1, 128)]) == [10.0] and list(by_point[("decode", 8, 2048)]) == [20.0]
-    checks = pd.read_csv(validation_path(out)).groupby("batch")["composed_us"].unique()
+    checks = validation.groupby("batch")["composed_us"].unique()
     assert list(checks[1]) == [40.0] and list(checks[8]) == [80.0]
     assert merged.meta["calibration"] == {"decode/1/128": {"scale": 10.0, "offset_us": 0.0}} | {
         "decode/8/2048": {"scale": 20.0, "offset_us": 0.0}
     }
+    assert [entry["table"] for entry in merged.meta["merged_from"]] == [str(Path("a/t.csv")), str(Path("b/t.csv"))]
     assert [entry["points"] for entry in merged.meta["merged_from"]] == [["decode/1/128"], ["decode/8/2048"]]
     assert {(r["batch"], r["n"]) for r in merged.meta["validation"]["summary"]} == {(1, 2), (8, 2)}
+    assert merged.meta["settings"]["grid"] == [
+        {"phase": "decode", "batch": 1, "context": 128},
+        {"phase": "decode", "batch": 8, "context": 2048},
+    ]
     assert merged.meta["settings"]["profile_seconds"] == 20.0
 
 
-def test_runs_of_two_devices_are_refused(tmp_path):
-    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
-    secondary = run(tmp_path / "b" / "t.csv", [("decode", 8, 128)], us=20.0, uuid="GPU-2")
-    with pytest.raises(SystemExit, match="different devices"):
-        main([str(primary), str(secondary), str(tmp_path / "m.csv")])
+def test_runs_of_two_devices_are_refused():
+    primary = run("a", [("decode", 1, 128)], us=10.0)
+    secondary = run("b", [("decode", 8, 128)], us=20.0, uuid="GPU-2")
+    with pytest.raises(UsageError, match="different devices"):
+        merge_runs(*primary, *secondary)
 
 
-def test_take_replaces_a_point_with_a_revalidation_of_the_same_rows(tmp_path):
-    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
-    again = tmp_path / "b" / "t.csv"
-    run(again, [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
-    check = pd.read_csv(validation_path(again))
+def test_a_point_to_take_must_be_in_the_secondary_run():
+    primary = run("a", [("decode", 1, 128)], us=10.0)
+    secondary = run("b", [("decode", 8, 128)], us=20.0)
+    with pytest.raises(UsageError, match="no such point"):
+        merge_runs(*primary, *secondary, take={("prefill", 1, 128)})
+
+
+def test_take_replaces_a_point_with_a_revalidation_of_the_same_rows():
+    primary = run("a", [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
+    table, check = run("b", [("decode", 1, 128), ("prefill", 1, 128)], us=10.0)
     check["measured_us"] = 41.0  # the re-validation measured the same subnets again
-    check.to_csv(validation_path(again), index=False)
-    table = load_table(again)
     table.meta["calibration"]["prefill/1/128"] = {"scale": 0.5, "offset_us": 1.0}
-    table.save(again)
-    out = tmp_path / "merged" / "t.csv"
-    assert main([str(primary), str(again), str(out), "--take", "prefill/1/128"]) == 0
-    merged = load_table(out)
-    measured = pd.read_csv(validation_path(out)).groupby("phase")["measured_us"].unique()
+    merged, validation = merge_runs(*primary, table, check, take={("prefill", 1, 128)})
+    measured = validation.groupby("phase")["measured_us"].unique()
     assert list(measured["decode"]) == [40.8] and list(measured["prefill"]) == [41.0]
     assert merged.meta["calibration"]["prefill/1/128"] == {"scale": 0.5, "offset_us": 1.0}
     assert merged.meta["calibration"]["decode/1/128"] == {"scale": 10.0, "offset_us": 0.0}
@@ -93,17 +94,15 @@ def test_take_replaces_a_point_with_a_revalidation_of_the_same_rows(tmp_path):
     assert merged.meta["settings"]["profile_seconds"] == 10.0  # the copied rows were profiled once
 
 
-def test_merged_from_records_how_each_run_measured_its_points(tmp_path):
-    primary = run(tmp_path / "a" / "t.csv", [("decode", 1, 128)], us=10.0)
-    secondary = run(tmp_path / "b" / "t.csv", [("decode", 8, 128)], us=20.0)
-    table = load_table(secondary)
+def test_merged_from_records_how_each_run_measured_its_points():
+    primary = run("a", [("decode", 1, 128)], us=10.0)
+    table, check = run("b", [("decode", 8, 128)], us=20.0)
     table.meta["settings"]["gc"] = "cyclic garbage collector off while timing"
-    table.save(secondary)
-    out = tmp_path / "merged" / "t.csv"
-    assert main([str(primary), str(secondary), str(out)]) == 0
-    merged = load_table(out)
+    table.meta["validation_partial"] = "36 of the 66 subnets timed"
+    merged, _ = merge_runs(*primary, table, check)
     assert [entry["settings"] for entry in merged.meta["merged_from"]] == [
         {"profile_seconds": 10.0},
         {"profile_seconds": 10.0, "gc": "cyclic garbage collector off while timing"},
     ]
     assert "gc" not in merged.meta["settings"]  # the sidecar's own settings stay the primary's
+    assert merged.meta["secondary_validation_partial"] == "36 of the 66 subnets timed"

@@ -23,8 +23,8 @@ from amoebasearch.plan.depth import (
     random_removal,
 )
 from amoebasearch.plan.layerwise import LayerRunner
-from amoebasearch.plan.metrics import KLToFull, Perplexity
 from amoebasearch.plan.select import ModelEvaluator, select_depth
+from amoebasearch.quality import KLToFull, Perplexity
 from amoebasearch.shape import Shape
 
 

@@ -7,7 +7,7 @@ import torch
 
 from amoebasearch.data import calibration_split
 from amoebasearch.models import load
-from amoebasearch.plan import make_plan, select_depth
+from amoebasearch.plan import PlanConfig, make_plan, select_depth
 from amoebasearch.plan.evaluate import SubsetScorer
 
 
@@ -16,7 +16,9 @@ def test_real_plan_one_removal_matches_the_one_shot_optimum():
     torch.set_num_threads(2)
     loaded = load()
     split = calibration_split(loaded.tokenizer, None, seq_len=128, calib_tokens=256, eval_tokens=0, seed=0)
-    plan = make_plan(loaded.model, split, metric="perplexity", max_remove=1)
+    # the paper's DP alone, in the model's own dtype
+    config = PlanConfig(depth_method="dp", metric="perplexity", max_remove=1, search_dtype=None)
+    plan = make_plan(loaded.model, split, config)
     plan.ordering.validate(loaded.dims)
     one_shot = select_depth(loaded.model, split.calibration, "ppl", max_remove=1)
     # with one removal the DP scores every single-layer removal, so it equals the one-shot optimum

@@ -11,7 +11,7 @@ from plan_helpers import PROSE, tiny_checkpoint_with_tokenizer
 
 from amoebasearch.cli import main
 from amoebasearch.data import TextSplit
-from amoebasearch.plan import make_plan, select_width
+from amoebasearch.plan import PlanConfig, make_plan, select_width
 from amoebasearch.plan.width import ffn_contribution, importance_scores
 from amoebasearch.planfile import Plan
 from amoebasearch.shape import ModelDims
@@ -87,7 +87,7 @@ def test_make_plan_round_trip_and_export_uses_it(tmp_path, chunks, capsys):
 def test_make_plan_library_call(chunks):
     model = tiny_model("mistral")
     split = TextSplit(chunks, chunks[:0], {"data": "random ids"})
-    plan = make_plan(model, split, depth_method="bi", width_method="magnitude", max_remove=2)
+    plan = make_plan(model, split, PlanConfig(depth_method="bi", width_method="magnitude", max_remove=2))
     assert sorted(plan.ordering.layer_sets) == [2, 3, 4]
     assert len(plan.metrics["layer_scores"]) == 4
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))

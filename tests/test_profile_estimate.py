@@ -1,27 +1,25 @@
 """Estimated tables: spec sheets, roofline monotonicity, efficiency fit recovering known factors."""
 
+import json
+from importlib import resources
+
 import pandas as pd
 import pytest
 
 from amoebasearch.errors import UsageError
 from amoebasearch.profile import predict_latency
 from amoebasearch.profile.blocks import Point
-from amoebasearch.profile.estimate import (
+from amoebasearch.profile.estimate import estimate_label, estimate_table, modelled_runtime
+from amoebasearch.profile.fit import fit_efficiency
+from amoebasearch.profile.roofline import (
     DEFAULT_EFFICIENCY,
-    SPECS,
     Cost,
-    DeviceSpec,
     Efficiency,
     block_cost,
-    describes,
-    estimate_label,
-    estimate_table,
-    fit_efficiency,
-    get_spec,
-    modelled_runtime,
     overlaps_launches,
     roofline_us,
 )
+from amoebasearch.profile.specs import SPEC_FILE, SPECS, DeviceSpec, describes, get_spec, load_specs
 from amoebasearch.profile.table import FORMAT, LatencyTable, load_table
 from amoebasearch.shape import ModelDims, ShapeSpace
 
@@ -39,6 +37,19 @@ def estimated(device="a5000"):
 def test_every_required_device_has_a_sourced_spec(device):
     spec = get_spec(device)
     assert spec.flops["bfloat16"] > spec.flops["float32"] > 0 and spec.bandwidth > 0 and spec.source
+
+
+def test_every_number_of_the_spec_file_names_its_source():
+    """The spec sheets are data shipped in the package: each number carries the document it is from."""
+    sheets = json.loads(resources.files("amoebasearch.profile").joinpath(SPEC_FILE).read_text())["devices"]
+    assert list(sheets) == list(SPECS)
+    for key, sheet in sheets.items():
+        for entry in [*sheet["flops"].values(), sheet["bandwidth"]]:
+            assert entry["source"] and entry["value"] > 0
+        assert SPECS[key].bandwidth == sheet["bandwidth"]["value"] and SPECS[key].name == sheet["name"]
+    unsourced = {**sheet, "bandwidth": {"value": 1e9}}
+    with pytest.raises(ValueError, match="bandwidth has no source"):
+        load_specs(json.dumps({"devices": {"x": unsourced}}))
 
 
 def test_unknown_device_is_a_usage_error():

@@ -158,7 +158,7 @@ def test_graph_replay_feeds_each_call_its_own_inputs_on_any_machine(monkeypatch)
     """GraphReplay's own part, without CUDA: later calls copy fresh inputs into the captured
     buffers (so a replay computes them, not the first call's), tensors passed again as
     themselves (a KV cache) are not copied, and a different shape is refused, not broadcast."""
-    from amoebasearch.profile.runtimes import GraphReplay
+    from amoebasearch.profile.torch_runtimes import GraphReplay
 
     def capture(self, args):
         self.inputs = tuple(args)

@@ -107,7 +107,7 @@ class ScriptedClock:
 
 
 def test_disturbed_groups_are_measured_again():
-    from amoebasearch.profile.validate import measure_group
+    from amoebasearch.profile.validation_run import measure_group
 
     noop = (lambda x: None, lambda: None, None)
     disturbed = [50.0, 130.0] * 20  # program, sentinel per round; sentinel 30 % slow
@@ -120,7 +120,7 @@ def test_disturbed_groups_are_measured_again():
 
 
 def test_the_first_group_sets_the_usual_value():
-    from amoebasearch.profile.validate import measure_group
+    from amoebasearch.profile.validation_run import measure_group
 
     noop = (lambda x: None, lambda: None, None)
     history = []
@@ -129,7 +129,7 @@ def test_the_first_group_sets_the_usual_value():
 
 
 def test_a_lasting_disturbance_keeps_the_closest_attempt():
-    from amoebasearch.profile.validate import MAX_ATTEMPTS, measure_group
+    from amoebasearch.profile.validation_run import MAX_ATTEMPTS, measure_group
 
     noop = (lambda x: None, lambda: None, None)
     attempts = [[float(10 + a), 150.0 - 10 * a] * 20 for a in range(MAX_ATTEMPTS)]
@@ -155,7 +155,7 @@ def test_subnet_instances_are_independent_copies_of_one_subnet(name):
 
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
-    from amoebasearch.profile.validate import subnet_instances
+    from amoebasearch.profile.validation_run import subnet_instances
     from amoebasearch.shape import Shape
 
     model = tiny_model("llama")
@@ -191,7 +191,7 @@ def flat_table(tmp_path):
 def scripted_group(ratios: dict[int, float], calls: list, histories: list):
     """A stand-in for `measure_group`: call n reports sentinel ratio ``ratios.get(n, 1)`` and
     times every program at 100 + n us (so rows tell which call measured them)."""
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.timing import Stats
 
     def measure(programs, sentinel_and_history, clock, warmup, repeats, tolerance, pause_s, report=None, seconds=0.0):
@@ -203,15 +203,15 @@ def scripted_group(ratios: dict[int, float], calls: list, histories: list):
         return [Stats(100.0 + number, 100.0 + number, 100.0 + number, 20)] * len(programs), {
             "sentinel_ratio": ratio,
             "sentinel_vs_table": ratio,
-            "attempts": validate.MAX_ATTEMPTS if off else 1,
-            "chosen_attempt": validate.MAX_ATTEMPTS if off else 1,
+            "attempts": validation_run.MAX_ATTEMPTS if off else 1,
+            "chosen_attempt": validation_run.MAX_ATTEMPTS if off else 1,
         }
 
     return measure
 
 
 def test_resume_measures_again_only_the_groups_timed_while_disturbed(tmp_path, monkeypatch):
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
 
@@ -219,15 +219,15 @@ def test_resume_measures_again_only_the_groups_timed_while_disturbed(tmp_path, m
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
     calls, histories = [], []
     # group 1 stays 5 % off in its slot and when postponed (calls 1 and 3)
-    monkeypatch.setattr(validate, "measure_group", scripted_group({1: 1.05, 3: 1.06}, calls, histories))
-    frame, stats = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({1: 1.05, 3: 1.06}, calls, histories))
+    frame, stats = validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
     group1 = frame["subnet"].between(4, 7)
     assert calls == [0, 1, 2, 3] and int(stats["disturbed"].sum()) == int((frame[group1]["split"] == "heldout").sum())
     assert (frame[frame["subnet"].between(4, 7)]["measured_us"] == 101.0).all()  # the closer, first pass
 
     calls, histories = [], []
-    monkeypatch.setattr(validate, "measure_group", scripted_group({}, calls, histories))
-    again, stats = validate.validate_table(
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({}, calls, histories))
+    again, stats = validation_run.validate_table(
         model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True
     )
     assert calls == [0], "only the disturbed group is measured again"
@@ -243,25 +243,25 @@ def test_resume_measures_again_only_the_groups_timed_while_disturbed(tmp_path, m
 def test_a_group_off_through_every_attempt_is_postponed_and_measured_again(tmp_path, monkeypatch):
     """Group 1's sentinel stays off in its own slot; it is re-measured after group 2 from fresh
     copies, and the closer second pass is kept, with attempts counted across both passes."""
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
 
     model, point, table = flat_table(tmp_path)
     calls, histories = [], []
     # call 1 = group 1 (4 % off), call 3 = its second pass (0.5 % off)
-    monkeypatch.setattr(validate, "measure_group", scripted_group({1: 1.04, 3: 1.005}, calls, histories))
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({1: 1.04, 3: 1.005}, calls, histories))
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
     heard = []
-    frame, _ = validate.validate_table(
+    frame, _ = validation_run.validate_table(
         model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, report=heard.append
     )
     assert calls == [0, 1, 2, 3]
     assert heard == ["1 group(s) postponed: the host stayed disturbed", "postponed group 1/1: second pass"]
     second = frame[frame["subnet"].between(4, 7)]
     assert (second["measured_us"] == 103.0).all()  # the second pass, not the first (101)
-    assert (second["attempts"] == validate.MAX_ATTEMPTS + 1).all()
-    assert (second["chosen_attempt"] == validate.MAX_ATTEMPTS + 1).all()
+    assert (second["attempts"] == validation_run.MAX_ATTEMPTS + 1).all()
+    assert (second["chosen_attempt"] == validation_run.MAX_ATTEMPTS + 1).all()
     assert (frame[frame["subnet"] < 4]["attempts"] == 1).all() and len(frame) == 12
 
 
@@ -269,15 +269,15 @@ def test_a_run_that_starts_while_the_host_is_slow_re_times_its_first_groups(tmp_
     """Groups 0 and 1 are timed while the host runs 10 % slow, groups 2-4 at its usual speed:
     against the median of all groups the slow start stands out, so it is measured again, not
     the three later groups."""
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
 
     model, point, table = flat_table(tmp_path)
     calls, histories = [], []
-    monkeypatch.setattr(validate, "measure_group", scripted_group({0: 1.1, 1: 1.1}, calls, histories))
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({0: 1.1, 1: 1.1}, calls, histories))
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
-    frame, stats = validate.validate_table(model, table, ctx, [point], 14, calibrate=6, group=4, instances=1)
+    frame, stats = validation_run.validate_table(model, table, ctx, [point], 14, calibrate=6, group=4, instances=1)
     assert calls == [0, 1, 2, 3, 4, 5, 6]  # five groups, then groups 0 and 1 again
     assert (frame[frame["subnet"] < 4]["measured_us"] == 105.0).all()
     assert (frame[frame["subnet"].between(4, 7)]["measured_us"] == 106.0).all()
@@ -287,7 +287,7 @@ def test_a_run_that_starts_while_the_host_is_slow_re_times_its_first_groups(tmp_
 def test_a_lasting_shift_of_the_host_becomes_the_usual_value():
     """After one group whose every attempt saw the host 12 % faster, the next group at that
     speed is accepted at once (the history holds every attempt)."""
-    from amoebasearch.profile.validate import MAX_ATTEMPTS, measure_group
+    from amoebasearch.profile.validation_run import MAX_ATTEMPTS, measure_group
 
     noop = (lambda x: None, lambda: None, None)
     history = [100.0, 100.0]
@@ -325,57 +325,59 @@ def test_resume_rebuilds_the_sentinel_history_one_value_per_group():
 
 
 def test_retries_wait_longer_each_time(monkeypatch):
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
 
     slept = []
-    monkeypatch.setattr(validate.time, "sleep", slept.append)
+    monkeypatch.setattr(validation_run.time, "sleep", slept.append)
     noop = (lambda x: None, lambda: None, None)
-    off = [10.0, 150.0] * 20 * validate.MAX_ATTEMPTS  # the sentinel 50 % slow in every attempt
+    off = [10.0, 150.0] * 20 * validation_run.MAX_ATTEMPTS  # the sentinel 50 % slow in every attempt
     heard = []
-    validate.measure_group(
+    validation_run.measure_group(
         [noop], (noop, [100.0], 100.0), ScriptedClock(off), 0, 20, 0.03, pause_s=5.0, report=heard.append
     )
-    assert slept == [5.0, 10.0, 20.0, 40.0][: validate.MAX_ATTEMPTS - 1]
+    assert slept == [5.0, 10.0, 20.0, 40.0][: validation_run.MAX_ATTEMPTS - 1]
     # what a progress bar shows meanwhile: how far off, which attempt, how long the wait
-    assert heard[0] == f"sentinel +50.0% off, attempt 1/{validate.MAX_ATTEMPTS}; again in 5 s"
-    assert len(heard) == validate.MAX_ATTEMPTS - 1
+    assert heard[0] == f"sentinel +50.0% off, attempt 1/{validation_run.MAX_ATTEMPTS}; again in 5 s"
+    assert len(heard) == validation_run.MAX_ATTEMPTS - 1
 
 
 def test_resume_refuses_rows_of_other_subnets_or_another_table(tmp_path, monkeypatch):
     """A validation file of another --seed (other subnets) or of an earlier table (other
     compositions) is refused, not calibrated and scored as if this run had measured it."""
     from amoebasearch.errors import UsageError
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
 
     model, point, table = flat_table(tmp_path)
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
-    monkeypatch.setattr(validate, "measure_group", scripted_group({}, [], []))
-    validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({}, [], []))
+    validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1)
     with pytest.raises(UsageError, match="another validation .* or of an earlier table"):
-        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, seed=7, resume=True)
+        validation_run.validate_table(
+            model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, seed=7, resume=True
+        )
     table.rows.loc[table.rows["block"] == "decoder", "median_us"] *= 2  # the table measured again
     table._lookup = None
     with pytest.raises(UsageError, match="of an earlier table"):
-        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True)
+        validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=1, resume=True)
 
 
 def test_resume_refuses_subnets_timed_as_another_number_of_copies(tmp_path, monkeypatch):
     """Rows timed as two copies each are not mixed with rows of three (--validate-instances)."""
     from amoebasearch.errors import UsageError
-    from amoebasearch.profile import validate
+    from amoebasearch.profile import validation_run
     from amoebasearch.profile.programs import Context
     from amoebasearch.profile.runtimes import get_runtime
 
     model, point, table = flat_table(tmp_path)
     ctx = Context(get_runtime("eager", "cpu", torch.float32), "cpu", torch.float32)
     calls = []
-    monkeypatch.setattr(validate, "measure_group", scripted_group({}, calls, []))
-    frame, _ = validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2)
+    monkeypatch.setattr(validation_run, "measure_group", scripted_group({}, calls, []))
+    frame, _ = validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2)
     assert (frame["instances"] == 2).all()
     with pytest.raises(UsageError, match="timed as 2 copies each, not 3: resume with --validate-instances 2"):
-        validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=3, resume=True)
+        validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=3, resume=True)
     done = len(calls)
-    validate.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2, resume=True)
+    validation_run.validate_table(model, table, ctx, [point], 6, calibrate=6, group=4, instances=2, resume=True)
     assert len(calls) == done, "every row was finished: nothing is measured again"

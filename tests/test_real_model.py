@@ -83,7 +83,7 @@ def test_real_subnet_as_q8_0_gguf_chats_in_llama_cpp(smollm2, tmp_path):
     import gguf
     import llama_cpp
 
-    from amoebasearch.export_gguf import save_gguf
+    from amoebasearch.export import save_gguf
     from amoebasearch.llamacpp import Engine, greedy
 
     subnet = extract(smollm2.model, Shape(tuple(i for i in range(30) if i not in (5, 20)), 9, 1536))

@@ -14,7 +14,7 @@ from test_train_smol import randomise, shuffled_ordering
 from amoebasearch.data import ChoiceItem, calibration_split, cloze_items, held_out_documents, read_choice_items
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
-from amoebasearch.search.choice import EncodedItem, MultipleChoiceAccuracy, encode_items
+from amoebasearch.quality import EncodedItem, MultipleChoiceAccuracy, encode_items
 from amoebasearch.shape import ModelDims, ShapeSpace
 from amoebasearch.train.smol import SMoLConfig, SMoLModel
 

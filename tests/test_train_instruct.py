@@ -8,9 +8,9 @@ import pytest
 from plan_helpers import char_tokenizer
 
 from amoebasearch.data import IGNORE_INDEX, InstructionExample
+from amoebasearch.data.instructions import collate
 from amoebasearch.errors import UsageError
 from amoebasearch.train.instruct import (
-    collate,
     iter_json_list,
     read_examples,
     split,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from amoebasearch.data.instructions import Tokenised
 from amoebasearch.errors import UsageError
 from amoebasearch.shape import ShapeSpace
-from amoebasearch.train.instruct import Tokenised
 from amoebasearch.train.smol import SMoLConfig, SMoLModel
 from amoebasearch.train.trainer import TrainConfig, train
 

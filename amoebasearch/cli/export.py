@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args, positive_int
+from amoebasearch.cli.common import add_model_argument, add_plan_argument, plan_from_args
 from amoebasearch.errors import UsageError
 from amoebasearch.export import check_export_dir, extract, save_export
 from amoebasearch.models import DEFAULT_MODEL, load, load_config
+from amoebasearch.options import positive_int
 from amoebasearch.ordering import Ordering
 from amoebasearch.shape import ModelDims, Shape
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from amoebasearch.cli.common import add_model_argument, positive_int
+from amoebasearch.cli.common import add_model_argument
 from amoebasearch.models import describe, load
+from amoebasearch.options import positive_int
 from amoebasearch.shape import ShapeSpace
 
 

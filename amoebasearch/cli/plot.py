@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amoebasearch.cli.common import positive_int
+from amoebasearch.options import positive_int
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def run_fronts(args: argparse.Namespace) -> int:
     from amoebasearch import atomic, fronts
     from amoebasearch.plots import plot_fronts, save_png
     from amoebasearch.profile.table import load_table
-    from amoebasearch.search.quality import HIGHER_IS_BETTER, METRIC_LABELS
+    from amoebasearch.quality import HIGHER_IS_BETTER, METRIC_LABELS
 
     frame = fronts.read_qualities(args.qualities)
     point = (args.phase, args.batch, args.context)

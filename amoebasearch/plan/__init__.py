@@ -2,13 +2,12 @@
 
 ``depth`` holds the DP core and the depth baselines (pure), ``layerwise`` runs a model block by
 block keeping hidden states, ``select`` wires the two, ``width`` ranks heads and channels,
-``build.make_plan`` produces the `Plan` that every later stage reads.
+``build.make_plan`` (settings: ``PlanConfig``) produces the `Plan` that every later stage reads.
 """
 
-from amoebasearch.plan.build import make_plan, ordering_from
+from amoebasearch.plan.build import PlanConfig, make_plan, ordering_from
 from amoebasearch.plan.depth import DEPTH_METHODS, DepthSelection, DPTable, dp_depth, dp_depth_naive
-from amoebasearch.plan.metrics import METRICS
-from amoebasearch.plan.select import select_depth
+from amoebasearch.plan.select import METRICS, select_depth
 from amoebasearch.plan.width import WIDTH_METHODS, WidthScores, select_width
 
 __all__ = [
@@ -17,6 +16,7 @@ __all__ = [
     "WIDTH_METHODS",
     "DPTable",
     "DepthSelection",
+    "PlanConfig",
     "WidthScores",
     "dp_depth",
     "dp_depth_naive",

@@ -7,16 +7,11 @@ their differing suffixes. `shape_metric` scores any `Shape` through the elastic 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from amoebasearch.elastic import elastic_logits
-from amoebasearch.ordering import Ordering
 from amoebasearch.plan.layerwise import LayerRunner
-from amoebasearch.plan.metrics import Metric, Perplexity
-from amoebasearch.shape import Shape
+from amoebasearch.quality import Metric, Perplexity
 
 
 class SubsetScorer:
@@ -51,29 +46,3 @@ class SubsetScorer:
     def __call__(self, removed: tuple[int, ...] | frozenset[int]) -> float:
         """The metric of the network without ``removed`` over all chunks (e.g. perplexity)."""
         return self.metric.finish(float(self.chunk_losses(removed).mean()))
-
-
-@torch.no_grad()
-def logits_metric(
-    logits_fn: Callable[[Shape, torch.Tensor], torch.Tensor],
-    shape: Shape,
-    chunks: torch.Tensor,
-    metric: Metric | None = None,
-    batch_size: int = 4,
-) -> float:
-    """The metric (default perplexity) of ``shape`` on ``chunks``, from any ``logits_fn(shape, ids)``:
-    the elastic forward of a plan, or a trained supernet's SMoL forward.
-    """
-    metric = metric if metric is not None else Perplexity(chunks)
-    total = 0.0
-    for start in range(0, len(chunks), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(chunks)))
-        total += float(metric.row_losses(logits_fn(shape, chunks[index]), index).sum())
-    return metric.finish(total / (len(chunks) * metric.tokens_per_row()))
-
-
-def shape_metric(
-    model: nn.Module, shape: Shape, ordering: Ordering, chunks: torch.Tensor, metric: Metric | None = None, batch_size=4
-) -> float:
-    """The metric of ``shape`` under ``ordering`` on ``chunks``, via the elastic forward."""
-    return logits_metric(elastic_logits(model, ordering), shape, chunks, metric, batch_size)

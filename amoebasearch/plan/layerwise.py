@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from amoebasearch.models import decoder_layers
-from amoebasearch.plan.metrics import Metric
+from amoebasearch.quality import Metric
 
 
 def capture_layer_kwargs(model: nn.Module, chunk: torch.Tensor) -> list[dict[str, Any]]:

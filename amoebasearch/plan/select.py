@@ -25,8 +25,15 @@ from amoebasearch.plan.depth import (
 )
 from amoebasearch.plan.evaluate import SubsetScorer
 from amoebasearch.plan.layerwise import LayerRunner
-from amoebasearch.plan.metrics import DEFAULT_METRIC, KLToFull, Metric, Perplexity
 from amoebasearch.plan.validated import choose_on_validation, split_in_two
+from amoebasearch.quality import KLToFull, Metric, Perplexity
+
+# The DP's calibration metrics. KL is the default: it compares the subnet's whole next-token
+# distribution with the full model's at every position, so a small calibration set ranks single
+# removals more like unseen text does; perplexity is what the Shortened-LLaMA baseline uses.
+METRICS = ("kl", "perplexity")
+DEFAULT_METRIC = "kl"
+DEFAULT_CALIBRATION_TOKENS = 2048
 
 
 class ModelEvaluator:

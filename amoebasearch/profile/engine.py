@@ -30,7 +30,7 @@ from torch import nn
 from amoebasearch.errors import UsageError
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import Point, stack_model
-from amoebasearch.profile.runtimes import Runtime
+from amoebasearch.profile.runtime_base import Runtime
 from amoebasearch.profile.table import table_row
 from amoebasearch.shape import ModelDims
 
@@ -242,7 +242,7 @@ def scaled(stat: timing.Stats, factor: float) -> timing.Stats:
 
 def _cost(entry: tuple[tuple[int, int], int, nn.Module], point: Point) -> float:
     """FLOPs of one step of an `engine_models` entry's blocks (what orders a group by size)."""
-    from amoebasearch.profile.estimate import block_cost
+    from amoebasearch.profile.roofline import block_cost
 
     (heads, ffn), depth, stack = entry
     return depth * block_cost(ModelDims.from_config(stack.config), heads, ffn, point, dtype_bytes=1).flops

@@ -16,7 +16,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from amoebasearch.devices import cuda_index
+from amoebasearch.devices import cuda_index, physical_cores
 
 LIBRARIES = (
     "torch",
@@ -72,27 +72,6 @@ def cpuinfo() -> dict[str, str]:
 
 def cpu_model_name() -> str:
     return cpuinfo().get("model name") or platform.processor() or platform.machine()
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads of one core counted once): the thread
-    count llama.cpp and most BLAS libraries start with."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores, current = set(), {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in [*handle, ""]:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("processor", "physical id", "core id"):
-                    current[key] = value.strip()
-                elif not line.strip() and current:
-                    if int(current.get("processor", -1)) in allowed:
-                        cores.add((current.get("physical id"), current.get("core id", current.get("processor"))))
-                    current = {}
-    except (OSError, ValueError):
-        pass
-    return len(cores) or len(allowed) or 1
 
 
 def cpu_fingerprint() -> dict[str, Any]:

@@ -24,10 +24,10 @@ from torch import nn
 from amoebasearch.models import model_signature
 from amoebasearch.profile import timing
 from amoebasearch.profile.blocks import STACK, Point, stack_model, width_options
-from amoebasearch.profile.estimate import block_cost
 from amoebasearch.profile.memory import build_within_memory
 from amoebasearch.profile.predict import calibration_key
 from amoebasearch.profile.programs import Context, embedding_program, head_program, model_program, stack_program
+from amoebasearch.profile.roofline import block_cost
 from amoebasearch.profile.rounds import RoundLog, rounds_path
 from amoebasearch.profile.table import LatencyTable, table_row
 from amoebasearch.shape import ModelDims
@@ -117,8 +117,8 @@ def decoder_rows(
     Each width is timed as ``settings["instances"]`` independently allocated stacks and the row
     is their median (see `Runtime.instances` for why one allocation is not enough). Widths run
     smallest to largest and back (`by_size`, ``alternate``), so each stack follows one of
-    similar size, as inside a subnet; ``there_and_back=False`` (for `benchmarks/stack_order.py`)
-    runs every round one way. With ``rounds_file`` the finished rounds are kept there (`RoundLog`)
+    similar size, as inside a subnet; ``there_and_back=False`` runs every
+    round one way. With ``rounds_file`` the finished rounds are kept there (`RoundLog`)
     and a killed run's rounds of this same group are resumed from it.
     """
     count = settings["instances"]

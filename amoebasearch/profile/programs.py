@@ -26,7 +26,7 @@ from amoebasearch.profile.blocks import (
     random_past,
     rotary_tables,
 )
-from amoebasearch.profile.runtimes import Runtime
+from amoebasearch.profile.runtime_base import Runtime
 from amoebasearch.shape import ModelDims
 
 Program = tuple[Callable[[Any], Any], Callable[[], Any], Callable[[], Any] | None]

@@ -11,7 +11,6 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +23,25 @@ from amoebasearch.profile.accuracy import validation_warning
 from amoebasearch.profile.predict import point_model, table_space
 from amoebasearch.profile.runtimes import RUNTIMES
 from amoebasearch.profile.table import LatencyTable, load_table
-from amoebasearch.search.cache import QualityCache, cache_study_name
-from amoebasearch.search.choice import MultipleChoiceAccuracy, encode_items
-from amoebasearch.search.deploy import deploy, table_quant
-from amoebasearch.search.margin import Margin, budget_margin
-from amoebasearch.search.quality import (
+from amoebasearch.quality import (
     HIGHER_IS_BETTER,
     HeldOutPerplexity,
     InstructionPerplexity,
     LogitsFn,
+    MultipleChoiceAccuracy,
+    encode_items,
 )
+from amoebasearch.search.cache import QualityCache, cache_study_name
+from amoebasearch.search.deploy import deploy, table_quant
+from amoebasearch.search.margin import Margin, budget_margin
+from amoebasearch.search.request import METRICS, FindRequest, QualitySettings, SearchSettings, TableChoice
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import check_table_threads, choose_table
 from amoebasearch.shape import Shape
 from amoebasearch.train.instruct import DEFAULT_DATA_LABEL, held_out_pairs
 
-METRICS = tuple(HIGHER_IS_BETTER)
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
-
-
-@dataclass
-class FindRequest:
-    budget_ms: float
-    margin: str | float = "auto"  # "auto" (from the table's validation) or a fraction of the budget
-    table: str | None = None
-    profiles: Path = Path("profiles")
-    device: str = "cpu"
-    runtime: str = "eager"
-    phase: str = "decode"
-    batch: int = 1
-    context: int = 128
-    supernet: str | None = None
-    model: str = DEFAULT_MODEL
-    plan: str | None = None
-    data: str | None = None
-    metric: str = "ppl"  # held-out perplexity, "instruct" response perplexity (lower is better), "accuracy"
-    eval_tokens: int = 2048  # ppl: held-out tokens per shape
-    eval_items: int = 200  # accuracy: items per shape (first of --data, else the cloze task); instruct: pairs
-    trials: int = 60
-    sampler: str = "tpe"
-    pareto: bool = False
-    storage: str | None = None
-    study: str | None = None
-    out: Path = Path("runs/find")
-    export: str | None = None
-    verify: bool = False
-    seed: int = 0
-    progress: bool = True
-    threads: int | None = None  # CPU threads deployed at (None: the runtime's default on this host)
-    quant: str | None = None  # llamacpp: the GGUF quantisation deployed (None: its table's, or q8_0 for an export)
-    export_format: str = "hf"  # or "gguf"
 
 
 def content_digest(data: str) -> dict[str, str]:
@@ -98,7 +65,7 @@ class QualitySource:
     touched.
     """
 
-    def __init__(self, request: FindRequest, plan: Plan) -> None:
+    def __init__(self, request: QualitySettings, plan: Plan) -> None:
         if request.metric not in METRICS:
             raise UsageError(f"unknown metric {request.metric!r}: choose one of {', '.join(METRICS)}")
         self.request = request
@@ -205,7 +172,7 @@ class QualitySource:
         return save_export(self.subnet(shape), out, self._loaded.tokenizer, fmt, quant, flag="--export")
 
 
-def instruction_source(request: FindRequest, plan_seq_len: int) -> tuple[str | None, int]:
+def instruction_source(request: QualitySettings, plan_seq_len: int) -> tuple[str | None, int]:
     """(file, tokens per pair) of the held-out pairs ``instruct`` scores: a supernet's own training
     data (None: the embedded ShareGPT pairs) cut as it was trained, unless ``--data`` names other
     pairs; the plan's sequence length for the plan-only model."""
@@ -217,12 +184,12 @@ def instruction_source(request: FindRequest, plan_seq_len: int) -> tuple[str | N
     return request.data or data, seq_len
 
 
-def base_override(request: FindRequest) -> str | None:
+def base_override(request: QualitySettings) -> str | None:
     """A ``--model`` given with ``--supernet`` (the base moved, same weights); None: the recorded one."""
     return request.model if request.supernet and request.model != DEFAULT_MODEL else None
 
 
-def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
+def _model_identity(request: QualitySettings) -> tuple[str, str, Any, Plan]:
     """(name, signature, config, plan) without loading any weights."""
     if request.supernet:
         from amoebasearch.train.supernet import check_base_signature, read_base
@@ -240,7 +207,7 @@ def _model_identity(request: FindRequest) -> tuple[str, str, Any, Plan]:
     return resolve(request.model)[0], model_signature(config), config, plan
 
 
-def source_signature(request: FindRequest, signature: str, plan: Plan) -> str:
+def source_signature(request: QualitySettings, signature: str, plan: Plan) -> str:
     """Identifies the quality source: base model + plan (+ SMoL weights for a trained supernet)."""
     digest = hashlib.sha256(signature.encode())
     digest.update(json.dumps(plan.ordering.to_dict(), sort_keys=True).encode())
@@ -250,19 +217,19 @@ def source_signature(request: FindRequest, signature: str, plan: Plan) -> str:
     return digest.hexdigest()[:16]
 
 
-def storage_url(request: FindRequest) -> str | Path:
+def storage_url(request: SearchSettings) -> str | Path:
     """``--storage`` if given, else the journal file in the run directory."""
     return request.storage or request.out / "study.journal"
 
 
-def open_quality_cache(request: FindRequest, source: str, eval_settings: dict[str, Any]) -> tuple[Any, QualityCache]:
+def open_quality_cache(request: SearchSettings, source: str, eval_settings: dict[str, Any]) -> tuple[Any, QualityCache]:
     """The request's Optuna storage and the quality cache of its source (`source_signature`) and
     evaluation settings."""
     storage = open_storage(storage_url(request))
     return storage, QualityCache(storage, cache_study_name(source, eval_settings))
 
 
-def pick_table(request: FindRequest, name: str, signature: str) -> LatencyTable:
+def pick_table(request: TableChoice, name: str, signature: str) -> LatencyTable:
     from amoebasearch.profile.fingerprint import cpu_fingerprint, device_fingerprint, device_slug
     from amoebasearch.profile.runtimes import default_threads
 
@@ -385,18 +352,3 @@ def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str,
             threads = table.threads or default_threads("llamacpp")
             report["best"]["quality_gguf"] = round(gguf_perplexity(deployed, quality.held_out, threads), 6)
     return report
-
-
-def known_qualities(request: FindRequest) -> Any:
-    """Every shape the request's quality cache holds, in the qualities CSV layout of
-    `amoebasearch.fronts` (what `plot fronts` and the notebooks price on every device).
-    """
-    from amoebasearch.fronts import qualities_frame
-    from amoebasearch.search.cache import shape_from_key
-
-    name, signature, _, plan = _model_identity(request)
-    settings = QualitySource(request, plan).eval_settings
-    _, cache = open_quality_cache(request, source_signature(request, signature, plan), settings)
-    selection = f"{plan.depth_method}+{plan.width_method}" + ("+smol" if request.supernet else "")
-    records = [(shape_from_key(key), quality) for key, quality in cache.items()]
-    return qualities_frame(records, selection, settings["metric"], name, signature)

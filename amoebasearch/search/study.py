@@ -144,7 +144,7 @@ def search(
         sampler=make_sampler(sampler, seed, multi_objective),
         load_if_exists=True,
     )
-    if not study.trials and sampler != "brute":
+    if not study.trials and sampler in REFINING_SAMPLERS:  # random stays pure random: the baseline
         for shape in boundary_seeds(space, latency, budget_ms):
             study.enqueue_trial(trial_params(shape), skip_if_exists=True)
     evaluations_before = cache.evaluations
@@ -186,7 +186,7 @@ def search(
 
     # Model-guided samplers keep a share of the trials for a local search along the budget
     # boundary around the best shape found: cheap insurance against a sampler that settles on a
-    # good region but not its best point (random search stays pure random, as a baseline).
+    # good region but not its best point (random search is neither seeded nor refined: a baseline).
     reserve = min(trials // 4, 24) if not multi_objective and sampler in REFINING_SAMPLERS else 0
     run(trials - reserve)
     while reserve > 0 and (incumbent := best_of(evaluated())) is not None:

@@ -5,12 +5,14 @@ perplexity (``evaluate``) and the supernet directory (``supernet``).
 
 from amoebasearch.train.distill import balance, sandwich
 from amoebasearch.train.smol import SMoLConfig, SMoLModel
-from amoebasearch.train.supernet import Supernet, load_supernet, train_supernet
+from amoebasearch.train.supernet import DataConfig, SpaceConfig, Supernet, load_supernet, train_supernet
 from amoebasearch.train.trainer import TrainConfig, train
 
 __all__ = [
+    "DataConfig",
     "SMoLConfig",
     "SMoLModel",
+    "SpaceConfig",
     "Supernet",
     "TrainConfig",
     "balance",

@@ -13,13 +13,11 @@ import importlib.util
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from amoebasearch.data import IGNORE_INDEX, InstructionExample, alpaca_example, encode_instruction, read_instructions
+from amoebasearch.data.instructions import Tokenised
 from amoebasearch.errors import UsageError
 from amoebasearch.userfiles import read_text, require_file
 
@@ -118,14 +116,6 @@ def read_examples(path: str | Path | None) -> list[InstructionExample] | str:
 # ---------------------------------------------------------------- tokenisation
 
 
-@dataclass(frozen=True)
-class Tokenised:
-    """One training sequence: token ids and labels (IGNORE_INDEX where no loss is taken)."""
-
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
-
-
 def tokenise_examples(
     examples: list[InstructionExample], tokenizer: Any, seq_len: int, min_response: int = 4
 ) -> list[Tokenised]:
@@ -172,17 +162,3 @@ def held_out_pairs(path: str | Path | None, tokenizer: Any, seq_len: int) -> lis
             "(at least 10 pairs needed)"
         )
     return pairs
-
-
-def collate(batch: list[Tokenised], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence of the batch; padding is masked out and carries no loss."""
-    width = max(len(item.input_ids) for item in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, item in enumerate(batch):
-        n = len(item.input_ids)
-        ids[row, :n] = torch.tensor(item.input_ids)
-        labels[row, :n] = torch.tensor(item.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

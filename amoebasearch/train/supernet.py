@@ -22,10 +22,12 @@ from torch import nn
 
 from amoebasearch import atomic
 from amoebasearch.data import pad_token
+from amoebasearch.data.instructions import Tokenised
 from amoebasearch.devices import check_device
 from amoebasearch.errors import UsageError
 from amoebasearch.export import extract
 from amoebasearch.models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load, load_config, model_signature
+from amoebasearch.options import option, positive_int
 from amoebasearch.planfile import Plan
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace, saved_ffn_step
 from amoebasearch.train import instruct
@@ -94,30 +96,49 @@ def write_header(out: Path, model_ref: str, config: Any, plan: Plan, space: Shap
     )
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: which pairs or text, cut how."""
+
+    path: str | None = option(
+        None, name="--data", help="Alpaca JSON/JSONL (instruction/input/output), ShareGPT JSON, or .txt"
+    )
+    seq_len: int = option(256, type=positive_int, help="tokens per sequence (default 256)")
+    max_examples: int = option(50_000, type=positive_int, help="examples read (default 50000)")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The shape space trained."""
+
+    # half the layers by default: deeper cuts lose too much to recover with LoRA, and every shape
+    # trained costs capacity the useful ones share
+    min_depth: int | None = option(None, type=positive_int, help="shallowest shape trained (default half the layers)")
+    ffn_step: int = option(64, type=positive_int, help="FFN width granularity (default 64)")
+
+
 def train_supernet(
     out: str | Path,
     model: str = DEFAULT_MODEL,
     plan: str | Path | None = None,
-    data: str | Path | None = None,
+    data: DataConfig | None = None,
+    space: SpaceConfig | None = None,
     smol: SMoLConfig | None = None,
     loop: TrainConfig | None = None,
-    seq_len: int = 256,
-    max_examples: int = 50_000,
-    min_depth: int | None = None,
-    ffn_step: int = 64,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> Path:
     """`amoebasearch train` as a function: load, attach SMoL, fine-tune, write the supernet directory.
 
-    ``min_depth`` defaults to half the model's layers: deeper cuts lose too much to recover with
-    LoRA, and every shape trained costs capacity the useful ones share. ``device`` defaults to the
-    first GPU when there is one; under ``torchrun`` / ``accelerate launch`` each process takes its
-    ``LOCAL_RANK``'s GPU and trains a slice of every step (see `workers.py`).
+    ``device`` defaults to the first GPU when there is one; under ``torchrun`` / ``accelerate
+    launch`` each process takes its ``LOCAL_RANK``'s GPU and trains a slice of every step (see
+    `workers.py`). On ``resume`` the run's own plan and shape space hold, whatever ``plan`` and
+    ``space`` say now.
     """
     out = Path(out)
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data, space = data or DataConfig(), space or SpaceConfig()
     smol, loop = smol or SMoLConfig(), loop or TrainConfig()
     check_output_path(out, "--out", folder=True)
     if not resume and out.is_dir() and any(out.iterdir()):
@@ -130,37 +151,37 @@ def train_supernet(
         raise UsageError(f"--resume: {out} is not a supernet directory (no base.json)")
     workers, device = Workers.from_environment(device)
     workers.barrier()  # every process has checked --out before rank 0 writes into it
-    examples = instruct.read_examples(data)  # cheap checks before the (slow) weight load
+    examples = instruct.read_examples(data.path)  # cheap checks before the (slow) weight load
     held_out = 0
     if not isinstance(examples, str):
         examples, held = instruct.held_out_split(examples)
-        examples, held_out = examples[:max_examples], len(held)
+        examples, held_out = examples[: data.max_examples], len(held)
     config = load_config(model)
     dims = ModelDims.from_config(config)
     if resume:  # the run's own plan and shape space, whatever --plan/--min-depth say now
         plan_obj = Plan.load(out / "plan.json", config)
-        space = space_from_dict(read_supernet_file(out, "shape_space.json"), dims, plan_obj)
+        shape_space = space_from_dict(read_supernet_file(out, "shape_space.json"), dims, plan_obj)
     else:
         plan_obj = Plan.load(plan, config) if plan else Plan.identity(config)
-        min_depth = min_depth if min_depth is not None else max(1, dims.num_layers // 2)
+        min_depth = space.min_depth if space.min_depth is not None else max(1, dims.num_layers // 2)
         if not 1 <= min_depth <= dims.num_layers:
             raise UsageError(f"--min-depth {min_depth} must be between 1 and the model's {dims.num_layers} layers")
-        space = ShapeSpace(dims, plan_obj.ordering, ffn_step=ffn_step, min_depth=min_depth)
+        shape_space = ShapeSpace(dims, plan_obj.ordering, ffn_step=space.ffn_step, min_depth=min_depth)
     loaded = load(model)
     if loaded.tokenizer is None:
         raise UsageError(f"model {model} has no tokenizer: pass a checkpoint directory that includes one")
     tokenizer = loaded.tokenizer
     if isinstance(examples, str):
-        sequences = instruct.tokenise_text(examples, tokenizer, seq_len)
+        sequences = instruct.tokenise_text(examples, tokenizer, data.seq_len)
     else:
-        sequences = instruct.tokenise_examples(examples, tokenizer, seq_len)
+        sequences = instruct.tokenise_examples(examples, tokenizer, data.seq_len)
     require_batches(len(sequences), loop, workers)
     extra = {
         "train": asdict(loop),
-        "data": str(data) if data else instruct.DEFAULT_DATA_LABEL,
+        "data": str(data.path) if data.path else instruct.DEFAULT_DATA_LABEL,
         "sequences": len(sequences),
-        "seq_len": seq_len,
-        "max_examples": max_examples,
+        "seq_len": data.seq_len,
+        "max_examples": data.max_examples,
         "held_out_pairs": held_out,  # the data's last pairs, never read (`find --metric instruct` scores them)
     }
     if resume:
@@ -169,11 +190,13 @@ def train_supernet(
             raise UsageError("--resume: data or --seq-len differ from the run being resumed; keep them equal")
     elif workers.main:
         reference = model if model in EMBEDDED_MODELS else str(Path(model).resolve())
-        write_header(out, reference, config, plan_obj, space, extra)
+        write_header(out, reference, config, plan_obj, shape_space, extra)
     torch.manual_seed(loop.seed)  # the same LoRA initialisation in every process
     smol_model = SMoLModel(loaded.model.to(device), smol, plan_obj.ordering)
     pad_id = pad_token(tokenizer)
-    train(smol_model, space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress, workers=workers)
+    train(
+        smol_model, shape_space, sequences, loop, out, resume=resume, pad_id=pad_id, progress=progress, workers=workers
+    )
     if workers.main:
         smol_model.save_adapter(out)
         if resume:  # the loop settings the finished run ended with (a resume may add --steps)
@@ -206,11 +229,11 @@ class Supernet:
         }
         return subnet
 
-    def perplexity(self, shape: Shape, data: list[instruct.Tokenised], batch: int = 8) -> float:
+    def perplexity(self, shape: Shape, data: list[Tokenised], batch: int = 8) -> float:
         """Held-out perplexity of ``shape`` with its LoRAs active (what `find` ranks shapes by)."""
-        from amoebasearch.train.evaluate import perplexity
+        from amoebasearch.quality import model_perplexity
 
-        return perplexity(self.smol, shape, data, batch=batch, pad_id=pad_token(self.loaded.tokenizer))
+        return model_perplexity(self.smol, shape, data, batch=batch, pad_id=pad_token(self.loaded.tokenizer))
 
 
 def load_supernet(directory: str | Path, model: str | None = None) -> Supernet:

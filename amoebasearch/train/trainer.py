@@ -26,10 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from amoebasearch import atomic
+from amoebasearch.data.instructions import Tokenised, collate
 from amoebasearch.errors import UsageError, first_line
+from amoebasearch.options import option, positive_float, positive_int
 from amoebasearch.shape import ShapeSpace
 from amoebasearch.train.distill import sandwich, subnet_losses
-from amoebasearch.train.instruct import Tokenised, collate
 from amoebasearch.train.smol import CONFIG_FILE, SMoLConfig, SMoLModel, load_balancing_loss, shape_encoding
 from amoebasearch.train.workers import SINGLE, Workers
 from amoebasearch.userfiles import read_json_object
@@ -44,18 +45,18 @@ LOG_FIELDS = ("step", "slot", "depth", "heads", "ffn", "loras", "loss", "tokens"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings; the defaults are the paper's where it states them (AdamW, constant lr 2e-4)."""
+    """The training loop: the paper's settings where it states them (AdamW, constant lr 2e-4)."""
 
-    steps: int = 1000
-    lr: float = 2e-4
+    steps: int = option(1000, type=positive_int, help="optimizer steps (default 1000)")
+    lr: float = option(2e-4, type=positive_float, help="AdamW learning rate, constant (default 2e-4)")
     weight_decay: float = 0.0
-    batch: int = 4
-    grad_accum: int = 1
-    sandwich: int = 4
-    seed: int = 0
-    save_every: int = 100
-    distill: bool = True
-    balance: bool = True
+    batch: int = option(4, type=positive_int, help="sequences per micro-batch (default 4)")
+    grad_accum: int = option(1, type=positive_int, help="micro-batches per step (default 1)")
+    sandwich: int = option(4, type=positive_int, help="shapes per step, K >= 2 (default 4)")
+    seed: int = option(0, type=int, help="seed of data order, shapes, noise (default 0)")
+    save_every: int = option(100, type=positive_int, help="checkpoint interval in steps")
+    distill: bool = option(True, name="--no-distill", help="ablation: every subnet learns ground truth")
+    balance: bool = option(True, name="--no-balance", help="ablation: no loss-magnitude balancing")
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:

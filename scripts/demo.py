@@ -3,22 +3,24 @@
 plan (validated depth selection + importance width on real text) -> train the supernet (SMoL
 adapters, in-place distillation) on instruction pairs for a few minutes -> profile this CPU at
 the thread count transformers uses by default here (decode, reduced width grid, validated) ->
-find the quality/latency trade-off of the fine-tuned supernet and then its best subnet for a
-budget, measured at those threads -> the chosen shape before and after fine-tuning: held-out
-perplexity and a greedy reply, beside the full model's -> the same subnet as a GGUF, timed in
-llama.cpp -> Pareto fronts on every latency table of the model -> this CPU's latency table.
+find the quality/latency trade-off of the fine-tuned supernet (response perplexity on held-out
+instruction pairs) and then its best subnet for a budget, measured at those threads -> the
+chosen shape before and after fine-tuning: held-out perplexity and a greedy reply, beside the
+full model's -> the same subnet as a GGUF, timed in llama.cpp -> Pareto fronts on every latency
+table of the model -> this CPU's latency table.
 The plan and the supernet are reused by a rerun; a killed run resumes where it stopped.
 
 Each step prints the `amoebasearch` command it runs (in-process, the same code path as the
 shell) so a user can repeat or scale it up: the reduced settings here (512 calibration tokens,
 at most 8 layers removed, FFN widths in steps of 256, 100 training steps of short sequences,
-512 held-out tokens) trade accuracy for time; the defaults of every verb are the full-size ones.
+32 held-out pairs) trade accuracy for time; the defaults of every verb are the full-size ones.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from amoebasearch.cli import main as amoebasearch
+from amoebasearch.data import pad_token
 from amoebasearch.errors import UsageError
 from amoebasearch.models import DEFAULT_MODEL, load, load_config
 from amoebasearch.planfile import Plan
@@ -47,11 +50,14 @@ FULL_GGUF = OUT / "full-gguf"
 PLOTS = OUT / "plots"
 SUPERNET = OUT / "supernet"
 TRAIN_STEPS = 100  # a few minutes on 2 CPU cores
-TRAIN_EXAMPLES = 2000  # instruction pairs the training reads; the next HELD_OUT_PAIRS are held out
-HELD_OUT_PAIRS = 32
-# of the full model's predicted latency: after the demo's 100 training steps, shapes this close to the
-# full model answer the prompt in sentences, while the deepest cuts (depth 22) only find its format
-BUDGET_SHARE = 0.85
+TRAIN_EXAMPLES = 2000  # instruction pairs the training reads (never the file's last ones: train holds them out)
+SEARCH_PAIRS = 32  # held-out pairs `find --metric instruct` ranks shapes by (the first of train's held-out ones)
+SHOWN_PAIRS = 32  # held-out pairs of the before/after table (the last ones: never seen by the search either)
+# The demo's budget, as a share of the full model's predicted latency. A few minutes of CPU training
+# teach the shapes near the full model (all heads, 25 layers or more) to answer in sentences; deeper
+# cuts keep the reply's format but lose its content, so training spends its steps on depths >= 25.
+BUDGET_SHARE = 0.9
+MIN_DEPTH = 25
 
 
 def run(*argv: str) -> None:
@@ -110,24 +116,31 @@ def trained_supernet() -> bool:
     return (SUPERNET / "smol.safetensors").is_file() and state.get("train", {}).get("steps") == TRAIN_STEPS
 
 
-def held_out_pairs(tokenizer) -> list:
-    """Instruction pairs the training never read: the ones after its --max-examples, as sequences."""
-    from amoebasearch.train.instruct import default_instruction_path, read_sharegpt, tokenise_examples
+def other_settings_supernet() -> bool:
+    """A supernet an earlier version of the demo trained over other shapes: trained again, not resumed."""
+    try:
+        return json.loads((SUPERNET / "shape_space.json").read_text()).get("min_depth") != MIN_DEPTH
+    except (OSError, ValueError):
+        return False
 
-    examples = read_sharegpt(default_instruction_path(), TRAIN_EXAMPLES + HELD_OUT_PAIRS)[TRAIN_EXAMPLES:]
-    return tokenise_examples(examples, tokenizer, 128)
+
+def shown_pairs(tokenizer) -> list:
+    """Held-out instruction pairs neither the training nor the search read, as sequences."""
+    from amoebasearch.train.instruct import held_out_pairs
+
+    return held_out_pairs(None, tokenizer, 128)[-SHOWN_PAIRS:]
 
 
 def before_and_after(supernet, shape, subnet_dir: Path) -> None:
     """The chosen shape's held-out perplexity and greedy reply: plan only (before), fine-tuned
     (after, the exported subnet that plain transformers loads) and the full model."""
     from amoebasearch.export import extract
+    from amoebasearch.quality import model_perplexity as perplexity
     from amoebasearch.train import SMoLConfig, SMoLModel
-    from amoebasearch.train.evaluate import perplexity
 
     tokenizer = supernet.loaded.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs = held_out_pairs(tokenizer)
+    pad = pad_token(tokenizer)
+    pairs = shown_pairs(tokenizer)
     plan_only = SMoLModel(load(DEFAULT_MODEL).model, SMoLConfig(num_loras=1, top_k=1), supernet.plan.ordering)
     ordering = supernet.plan.ordering
     before = extract(plan_only.base, shape, ordering)
@@ -151,6 +164,9 @@ def main() -> None:
     else:
         run("plan", "--tokens", "512", "--max-remove", "8", "--out", str(PLAN), "--resume")
 
+    if other_settings_supernet():
+        print(f"\ntrain: {SUPERNET} was trained over other shapes by an earlier demo; training again")
+        shutil.rmtree(SUPERNET)
     if trained_supernet():
         print(f"\ntrain: reusing {SUPERNET} (delete it to train again)")
     else:
@@ -158,7 +174,7 @@ def main() -> None:
         run(
             "train", "--plan", str(PLAN), "--out", str(SUPERNET), "--steps", str(TRAIN_STEPS),
             "--max-examples", str(TRAIN_EXAMPLES), "--seq-len", "64", "--batch", "2", "--rank", "8", "--lr", "1e-3",
-            "--min-depth", "22", "--ffn-step", "256", "--save-every", "10", *resume,
+            "--min-depth", str(MIN_DEPTH), "--ffn-step", "256", "--save-every", "10", *resume,
         )  # fmt: skip
 
     threads = default_threads("eager")  # torch's own default here: what a plain transformers user runs at
@@ -174,7 +190,8 @@ def main() -> None:
     full_ms = point_model(measured, "decode", 1, 128).predict(table_space(measured).largest()) / 1000.0
     budget = round(BUDGET_SHARE * full_ms, 1)
     print(f"\nfull model: {full_ms:.1f} ms per decoded token on this CPU; budget {budget} ms ({BUDGET_SHARE:.0%})")
-    common = ["--supernet", str(SUPERNET), "--profile", str(table), "--eval-tokens", "512", "--out", str(FIND)]
+    common = ["--supernet", str(SUPERNET), "--profile", str(table), "--metric", "instruct",
+              "--eval-items", str(SEARCH_PAIRS), "--out", str(FIND)]  # fmt: skip
     # The whole trade-off of the fine-tuned supernet first (multi-objective, no binding budget), then
     # the budget: the second search reuses every quality the first one measured.
     run("find", "--budget", f"{full_ms + 0.1:.1f}ms", "--pareto", *common, "--trials", "40")

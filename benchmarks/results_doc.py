@@ -59,6 +59,12 @@ def table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def bold_lowest(pivot: pd.DataFrame) -> pd.DataFrame:
+    """A pivot of perplexities as formatted cells, the lowest of each row in bold; index back as columns."""
+    cells = pivot.apply(lambda row: [f"**{number(v, 1)}**" if v == row.min() else number(v, 1) for v in row], axis=1)
+    return pd.DataFrame(cells.tolist(), columns=pivot.columns, index=pivot.index).reset_index()
+
+
 def machine(info: dict) -> str:
     cpu = info.get("cpu") or info.get("name", "?")
     cores = info.get("cores")
@@ -148,8 +154,7 @@ def depth_selection() -> str:
     pivot = frame.pivot_table(index="removed", columns="method", values="heldout_ppl")
     order = [m for m in ("dp", "bi", "ppl", "last", "random") if m in pivot.columns]
     pivot = pivot[order]
-    cells = pivot.apply(lambda row: [f"**{number(v, 1)}**" if v == row.min() else number(v, 1) for v in row], axis=1)
-    cells = pd.DataFrame(cells.tolist(), columns=order, index=pivot.index).reset_index()
+    cells = bold_lowest(pivot)
     full = csv("depth_selection.csv").query("method == 'full'")["heldout_ppl"].iloc[0]
     text = (
         "Held-out perplexity of SmolLM2-135M-Instruct with m layers removed, each method calibrated on the "
@@ -204,8 +209,7 @@ def width_selection() -> str:
     frame["method"] = frame["method"].str.replace(r"-\d+$", "", regex=True)
     pivot = frame.pivot_table(index=["axis", "heads", "ffn"], columns="method", values="heldout_ppl", aggfunc="median")
     pivot = pivot[[m for m in ("importance", "magnitude", "random") if m in pivot.columns]]
-    cells = pivot.apply(lambda row: [f"**{number(v, 1)}**" if v == row.min() else number(v, 1) for v in row], axis=1)
-    cells = pd.DataFrame(cells.tolist(), columns=pivot.columns, index=pivot.index).reset_index()
+    cells = bold_lowest(pivot)
     summary = sidecar("width_selection.json")["summary"]
     text = (
         "Held-out perplexity of the full-depth model at one uniform width, keeping the heads or FFN channels "

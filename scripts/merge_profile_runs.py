@@ -6,7 +6,7 @@ subnets validated, and batch 1,8 x context 128,2048, whose validation a second r
 the AMD EPYC compile and onnxruntime tables each take one re-validated or re-measured point
 with ``--take``. ``merged_from`` in their sidecars names the runs.
 
-    python benchmarks/merge_profile_runs.py PRIMARY.csv SECONDARY.csv OUT.csv [--take prefill/1/128]
+    python scripts/merge_profile_runs.py PRIMARY.csv SECONDARY.csv OUT.csv [--take prefill/1/128]
 """
 
 from __future__ import annotations

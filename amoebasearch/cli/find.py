@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if "quality_gguf" in best:
         print(f"  held-out perplexity of its GGUF in llama.cpp {best['quality_gguf']:.3f}")
     print(
-        f"  {report['trials']} trials, {report['evaluations']} new quality evaluations "
-        f"({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"
+        f"  {report['trials']} trials ({report['new_trials']} run now), {report['evaluations']} new quality "
+        f"evaluations ({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"
     )
     if report.get("verify"):
         v = report["verify"]

@@ -89,7 +89,12 @@ class SearchSettings:
         "how far held-out subnets ran over their prediction in the table's validation file; 0 without "
         "one), or a percentage such as 3%%",
     )
-    trials: int = option(60, type=positive_int, help="Optuna trials (default 60)")
+    trials: int = option(
+        60,
+        type=positive_int,
+        help="Optuna trials to run (default 60); a study that already holds this many answers from them "
+        "without new trials (pass a larger number to search further)",
+    )
     sampler: str = option("tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     pareto: bool = option(False, help="multi-objective study (quality, latency)")
     storage: str | None = option(None, help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")

@@ -32,9 +32,10 @@ class Candidate:
 class SearchResult:
     best: Candidate
     front: list[Candidate]  # non-dominated (quality, latency) among evaluated shapes within budget
-    trials: int
+    trials: int  # in the study, this run's and earlier runs'
     evaluations: int  # new quality evaluations this run (cache misses)
     fastest: Candidate  # the fastest shape of the space (its quality if known, else nan)
+    new_trials: int = 0  # run now: 0 when the study already held the trials asked for
 
 
 def make_sampler(name: str, seed: int, multi_objective: bool) -> optuna.samplers.BaseSampler:
@@ -144,6 +145,11 @@ def search(
         sampler=make_sampler(sampler, seed, multi_objective),
         load_if_exists=True,
     )
+    # A request the study has already answered (it holds ``trials`` or more) is answered from the
+    # stored trials without new ones; otherwise this call runs ``trials`` more, as every worker of
+    # a shared study does.
+    stored = len(study.trials)
+    trials = 0 if stored >= trials else trials
     if not study.trials and sampler in REFINING_SAMPLERS:  # random stays pure random: the baseline
         for shape in boundary_seeds(space, latency, budget_ms):
             study.enqueue_trial(trial_params(shape), skip_if_exists=True)
@@ -176,6 +182,8 @@ def search(
         return min(candidates, key=lambda c: (sign * c.quality, c.latency_ms)) if candidates else None
 
     def run(n: int) -> None:
+        if n <= 0:
+            return
         # A trial that raises (bad --data, found at the first evaluation) stops the search with that
         # error, which the CLI prints in one line; Optuna's own log of it would add a traceback.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -215,5 +223,6 @@ def search(
         front=front,
         trials=len(study.trials),
         evaluations=cache.evaluations - evaluations_before,
+        new_trials=len(study.trials) - stored,
         fastest=fastest,
     )

@@ -78,13 +78,14 @@ def request_from(args: argparse.Namespace) -> FindRequest:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from amoebasearch.search.find import find
+    from amoebasearch.search.find import find, quality_identity
     from amoebasearch.search.qualities import known_qualities, write_qualities
 
     request = request_from(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
-    report = find(request, warn=lambda message: print(message, file=sys.stderr))
+    identity = quality_identity(request)  # reads the config, hashes adapter weights: once for both uses
+    report = find(request, warn=lambda message: print(message, file=sys.stderr), identity=identity)
     report["wall_s"] = round(time.perf_counter() - start, 2)
     out = request.out
     atomic.write_json(out / "best_shape.json", report["best"]["shape"])
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     front = pd.DataFrame([{**c["shape"], "depth": len(c["shape"]["layers"]), **c} for c in report["front"]])
     front = front.drop(columns=["shape"]) if not front.empty else front
     atomic.write_text(out / "pareto.csv", front.to_csv(index=False))
-    write_qualities(known_qualities(request), out / "qualities.csv")  # for `amoebasearch plot fronts`
+    write_qualities(known_qualities(request, identity), out / "qualities.csv")  # for `amoebasearch plot fronts`
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

@@ -11,6 +11,8 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,10 @@ class QualitySource:
     def higher_is_better(self) -> bool:
         return HIGHER_IS_BETTER[self.request.metric]
 
-    @property
+    @cached_property
     def eval_settings(self) -> dict[str, Any]:
-        """What a shape's quality depends on besides the shape (the quality cache key)."""
+        """What a shape's quality depends on besides the shape (the quality cache key); worked out
+        once, since it may hash the data file."""
         calib = self.plan.calibration
         settings = {
             "metric": self.request.metric,
@@ -207,6 +210,26 @@ def _model_identity(request: QualitySettings) -> tuple[str, str, Any, Plan]:
     return resolve(request.model)[0], model_signature(config), config, plan
 
 
+@dataclass
+class QualityIdentity:
+    """What a request's qualities are of: the model (name, signature), its plan, the quality source
+    and its signature. Worked out once per `find` command, since it reads the model's config and
+    hashes a trained supernet's adapter weights; `find` and `known_qualities` both take it."""
+
+    name: str
+    signature: str
+    plan: Plan
+    quality: QualitySource
+    source: str
+
+
+def quality_identity(request: QualitySettings) -> QualityIdentity:
+    name, signature, _config, plan = _model_identity(request)
+    return QualityIdentity(
+        name, signature, plan, QualitySource(request, plan), source_signature(request, signature, plan)
+    )
+
+
 def source_signature(request: QualitySettings, signature: str, plan: Plan) -> str:
     """Identifies the quality source: base model + plan (+ SMoL weights for a trained supernet)."""
     digest = hashlib.sha256(signature.encode())
@@ -283,17 +306,19 @@ def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
     }
 
 
-def find(request: FindRequest, warn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report."""
-    name, signature, _config, plan = _model_identity(request)
-    table = pick_table(request, name, signature)
+def find(
+    request: FindRequest, warn: Callable[[str], None] = print, identity: QualityIdentity | None = None
+) -> dict[str, Any]:
+    """Search for the best subnet under ``request.budget_ms``; return a JSON-ready report.
+    ``identity``: the request's `quality_identity`, when the caller has it already."""
+    identity = identity or quality_identity(request)
+    plan, quality, source = identity.plan, identity.quality, identity.source
+    table = pick_table(request, identity.name, identity.signature)
     for warning in (table.warning(), validation_warning(table, request.phase, request.batch, request.context)):
         if warning:
             warn(warning)
     point = point_model(table, request.phase, request.batch, request.context)
     space = table_space(table, plan.ordering)  # the table was checked against this model's signature
-    quality = QualitySource(request, plan)
-    source = source_signature(request, signature, plan)  # hashes a supernet's adapter weights: once
     storage, cache = open_quality_cache(request, source, quality.eval_settings)
     margin = budget_margin(request.margin, table, request.phase, request.batch, request.context)
     search_budget_ms = margin.search_budget(request.budget_ms)

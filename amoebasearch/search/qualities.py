@@ -19,7 +19,7 @@ from amoebasearch.shape import Shape
 from amoebasearch.userfiles import require_file
 
 if TYPE_CHECKING:
-    from amoebasearch.search.find import FindRequest
+    from amoebasearch.search.find import FindRequest, QualityIdentity
 
 COLUMNS = ("selection", "depth", "heads", "ffn", "layers", "quality", "metric", "model", "signature")
 
@@ -84,14 +84,16 @@ def shape_of(row: pd.Series) -> Shape:
     return Shape(layers, int(row["heads"]), int(row["ffn"]))
 
 
-def known_qualities(request: FindRequest) -> pd.DataFrame:
+def known_qualities(request: FindRequest, identity: QualityIdentity | None = None) -> pd.DataFrame:
     """Every shape the request's quality cache holds, as qualities rows (what `plot fronts` and the
-    notebooks price on every device). `find` is imported here, so reading the file stays light."""
-    from amoebasearch.search.find import QualitySource, _model_identity, open_quality_cache, source_signature
+    notebooks price on every device); ``identity``: the request's `quality_identity`, when the caller
+    has it already. `find` is imported here, so reading the file stays light."""
+    from amoebasearch.search.find import open_quality_cache, quality_identity
 
-    name, signature, _, plan = _model_identity(request)
-    settings = QualitySource(request, plan).eval_settings
-    _, cache = open_quality_cache(request, source_signature(request, signature, plan), settings)
+    identity = identity or quality_identity(request)
+    settings = identity.quality.eval_settings
+    _, cache = open_quality_cache(request, identity.source, settings)
+    plan = identity.plan
     selection = f"{plan.depth_method}+{plan.width_method}" + ("+smol" if request.supernet else "")
     records = [(shape_from_key(key), quality) for key, quality in cache.items()]
-    return qualities_frame(records, selection, settings["metric"], name, signature)
+    return qualities_frame(records, selection, settings["metric"], identity.name, identity.signature)

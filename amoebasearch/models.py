@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -180,6 +181,26 @@ def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError, TypeError, ZeroDivisionError) as err:  # what a bad config.json raises
         raise UsageError(f"cannot read the config in {path}: {first_line(err)}") from None
+    check_family(config)
+    return config
+
+
+def shape_config(name_or_path: str = DEFAULT_MODEL) -> Any:
+    """The config fields that decide shapes and cost (`SIGNATURE_FIELDS`), read straight from
+    ``config.json`` when it states every one of them, else through transformers (`load_config`).
+
+    What `find` needs to name a model and check its plan and tables: a request answered from the
+    cache never imports transformers (about two seconds). A config.json that leaves a field to
+    transformers' defaults goes through transformers, so the signature is the same either way.
+    """
+    _, path = resolve(name_or_path)
+    try:
+        fields = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        fields = None
+    if not isinstance(fields, dict) or any(fields.get(name) is None for name in SIGNATURE_FIELDS):
+        return load_config(name_or_path)
+    config = SimpleNamespace(**fields)
     check_family(config)
     return config
 

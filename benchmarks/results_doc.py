@@ -309,6 +309,42 @@ def search_quality() -> str:
     )
 
 
+def search_reuse() -> str:
+    sweep = csv("search_budget_sweep.csv")
+    rows = []
+    for strategy, group in sweep.groupby("strategy", sort=False):
+        per_budget = group.groupby("seed")["evaluations"]
+        rows.append(
+            {
+                "new budget answered by": strategy,
+                "answers at the optimum": f"{int(group['at_optimum'].sum())}/{len(group)}",
+                "new evaluations per budget (median)": number(group["evaluations"].median(), 1),
+                "per sweep of 10 budgets (median over seeds)": number(per_budget.sum().median(), 0),
+            }
+        )
+    repeat = csv("find_repeat.csv")
+    again = repeat[repeat["run"] == "repeat"]
+    cold = repeat[repeat["run"] == "cold"].iloc[0]
+    text = (
+        f"After one `find --pareto` (40 trials, {number(sweep['pareto_evaluations'].median(), 0)} evaluations, "
+        f"median of {sweep['seed'].nunique()} seeds), 10 new budgets from "
+        f"{share(sweep['budget_share'].min())} to {share(sweep['budget_share'].max())} of the full model's "
+        "latency, asked one after the other; every answer is compared with the exhaustive optimum. "
+        "`quality model` is the default (`amoebasearch.search.guide`), `sampler trials` is `--explore` "
+        "(60 TPE trials per budget). The same `find` request repeated: the whole command took "
+        f"{number(again['command_s'].median())} s (median of {len(again)}, max {number(again['command_s'].max())} s; "
+        f"{int(again['evaluations'].sum())} new evaluations), after a cold run of {number(cold['command_s'], 1)} s, "
+        f"on {machine(repeat.iloc[0])}."
+    )
+    return section(
+        "New budgets and repeated requests",
+        "python benchmarks/search_quality.py --plan benchmarks/results/plan-dp-importance-512tok.json "
+        "--parts sweep,repeat",
+        text,
+        table(pd.DataFrame(rows)),
+    )
+
+
 def figures() -> str:
     text = (
         "The Pareto front of SmolLM2-135M-Instruct's shape space (held-out perplexity before fine-tuning) on "
@@ -391,6 +427,7 @@ SECTIONS: list[Callable[[], str]] = [
     lambda: supernet_quality("supernet_quality-cpu-demo-length"),
     lambda: supernet_quality("supernet_quality-gpu-long"),
     search_quality,
+    search_reuse,
     figures,
     small_measures,
 ]

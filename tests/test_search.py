@@ -9,6 +9,7 @@ import pytest
 from amoebasearch.errors import UsageError
 from amoebasearch.search.budget import parse_budget
 from amoebasearch.search.cache import QualityCache
+from amoebasearch.search.guide import GUIDE_MIN_KNOWN, maximal_fitting
 from amoebasearch.search.storage import open_storage
 from amoebasearch.search.study import Candidate, boundary_neighbours, pareto_front, search
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
@@ -75,6 +76,41 @@ def test_a_repeated_request_is_answered_from_the_study_without_new_trials():
     assert again.best == first.best and again.trials == 20
     more = search(space, fake_latency, fake_quality, cache, 8.0, **{**kwargs, "trials": 30})  # asks for more
     assert more.new_trials == 30 and more.trials == 50
+
+
+def contains(big: Shape, small: Shape) -> bool:
+    return big.depth >= small.depth and big.heads >= small.heads and big.ffn >= small.ffn
+
+
+def test_the_maximal_fitting_shapes_contain_every_fitting_shape_and_not_each_other():
+    space = ShapeSpace(DIMS, ffn_step=64)
+    latency = {s: fake_latency(s) for s in space}
+    maximal = maximal_fitting(latency, 8.0)
+    fitting = [s for s in space if latency[s] <= 8.0]
+    assert 1 < len(maximal) < len(fitting) and all(latency[s] <= 8.0 for s in maximal)
+    assert all(any(contains(m, s) for m in maximal) for s in fitting)
+    assert not any(a != b and contains(a, b) for a in maximal for b in maximal)
+
+
+def test_a_new_budget_on_a_warm_cache_costs_few_evaluations_and_keeps_the_optimum():
+    """After one multi-objective run fills the cache, each new budget is answered by the quality
+    model's picks: a handful of evaluations, the exhaustive optimum, nothing new when repeated."""
+    space = ShapeSpace(DIMS, ffn_step=64)
+    storage = optuna.storages.InMemoryStorage()
+    cache = QualityCache(storage, "q")
+    front = search(space, fake_latency, fake_quality, cache, 30.0, trials=40, storage=storage, study_name="front",
+                   multi_objective=True, progress=False)  # fmt: skip
+    assert not front.guided and len(cache) >= GUIDE_MIN_KNOWN
+    for budget in (5.0, 6.5, 8.0, 9.5, 11.0, 13.0):
+        kwargs = dict(trials=60, storage=storage, study_name=f"b{budget}", progress=False)
+        result = search(space, fake_latency, fake_quality, cache, budget, **kwargs)
+        assert result.guided and result.evaluations <= 6, (budget, result.evaluations)
+        assert result.best.shape == exhaustive_best(space, budget)
+        again = search(space, fake_latency, fake_quality, cache, budget, **kwargs)
+        assert again.guided and again.evaluations == 0 and again.best == result.best
+    explored = search(space, fake_latency, fake_quality, cache, 7.0, trials=20, storage=storage, study_name="x",
+                      guide=False, progress=False)  # fmt: skip
+    assert not explored.guided and explored.new_trials == 20
 
 
 def test_random_search_is_pure_random():

@@ -118,9 +118,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {METRIC_LABELS[report['metric']]} {best['quality']:.3f}")
     if "quality_gguf" in best:
         print(f"  held-out perplexity of its GGUF in llama.cpp {best['quality_gguf']:.3f}")
+    how = (
+        "picked by the quality model fitted on the cache (--explore runs the sampler's trials)"
+        if report["guided"]
+        else f"{report['trials']} trials ({report['new_trials']} run now)"
+    )
     print(
-        f"  {report['trials']} trials ({report['new_trials']} run now), {report['evaluations']} new quality "
-        f"evaluations ({report['cached_shapes']} shapes cached), {report['wall_s']:.1f}s"
+        f"  {report['evaluations']} new quality evaluations ({report['cached_shapes']} shapes cached), "
+        f"{how}, {report['wall_s']:.1f}s"
     )
     if report.get("verify"):
         v = report["verify"]

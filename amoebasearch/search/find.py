@@ -19,7 +19,7 @@ from typing import Any
 from amoebasearch.data import pad_token
 from amoebasearch.elastic import elastic_logits
 from amoebasearch.errors import UsageError
-from amoebasearch.models import DEFAULT_MODEL, load, load_config, model_signature, resolve
+from amoebasearch.models import DEFAULT_MODEL, load, model_signature, resolve, shape_config
 from amoebasearch.planfile import Plan
 from amoebasearch.profile.accuracy import validation_warning
 from amoebasearch.profile.predict import point_model, table_space
@@ -200,12 +200,12 @@ def _model_identity(request: QualitySettings) -> tuple[str, str, Any, Plan]:
         directory = Path(request.supernet)
         base = read_base(directory)
         reference = base_override(request) or base["model"]
-        config = load_config(reference)
+        config = shape_config(reference)
         check_base_signature(directory, base, config)
         plan = Plan.load(directory / "plan.json", config)
         name = resolve(reference)[0]
         return name, base["signature"], config, plan
-    config = load_config(request.model)
+    config = shape_config(request.model)
     plan = Plan.load(request.plan, config) if request.plan else Plan.identity(config)
     return resolve(request.model)[0], model_signature(config), config, plan
 
@@ -338,6 +338,7 @@ def find(
             multi_objective=request.pareto,
             higher_is_better=quality.higher_is_better,
             progress=request.progress,
+            guide=not request.explore,
         )
     except InfeasibleBudget as err:
         if not margin.fraction:
@@ -363,6 +364,7 @@ def find(
         "fastest_ms": round(result.fastest.latency_ms, 6),
         "trials": result.trials,
         "new_trials": result.new_trials,
+        "guided": result.guided,
         "evaluations": result.evaluations,
         "cached_shapes": len(cache),
         "study": study_name,

@@ -96,6 +96,11 @@ class SearchSettings:
         "without new trials (pass a larger number to search further)",
     )
     sampler: str = option("tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
+    explore: bool = option(
+        False,
+        help="run the sampler's --trials even when the quality cache already holds enough shapes to answer "
+        "a new budget with a few evaluations picked by a quality model (the default then)",
+    )
     pareto: bool = option(False, help="multi-objective study (quality, latency)")
     storage: str | None = option(None, help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")
     study: str | None = option(None, help="study name (default: derived from table, point, budget)")

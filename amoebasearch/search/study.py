@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from tqdm import tqdm
 
 from amoebasearch.errors import UsageError
 from amoebasearch.search.cache import QualityCache, shape_key
+from amoebasearch.search.guide import GUIDE_MIN_KNOWN, next_to_evaluate
 from amoebasearch.shape import Shape, ShapeSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "brute", "random")
 REFINING_SAMPLERS = ("tpe", "nsga2", "gp")
+GUIDED = "quality model"  # the `picked_by` user attribute of a trial the cache-guided pass asked for
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SearchResult:
     evaluations: int  # new quality evaluations this run (cache misses)
     fastest: Candidate  # the fastest shape of the space (its quality if known, else nan)
     new_trials: int = 0  # run now: 0 when the study already held the trials asked for
+    guided: bool = False  # answered from the quality cache (`guide`), not by the sampler's trials
 
 
 def make_sampler(name: str, seed: int, multi_objective: bool) -> optuna.samplers.BaseSampler:
@@ -67,6 +71,15 @@ def pareto_front(candidates: list[Candidate], higher_is_better: bool = False) ->
 def trial_params(shape: Shape) -> dict[str, int]:
     """The Optuna parameters that make the objective propose ``shape``."""
     return {"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn}
+
+
+def distributions(space: ShapeSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The search parameters of a shape, as every trial of a `find` study suggests them."""
+    return {
+        "depth": optuna.distributions.IntDistribution(space.depths[0], space.depths[-1]),
+        "heads": optuna.distributions.CategoricalDistribution(list(space.head_options)),
+        "ffn": optuna.distributions.CategoricalDistribution(list(space.ffn_options)),
+    }
 
 
 def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float) -> list[Shape]:
@@ -125,8 +138,14 @@ def search(
     higher_is_better: bool = False,
     n_jobs: int = 1,
     progress: bool = True,
+    guide: bool = True,
 ) -> SearchResult:
-    """Find the best-quality shape whose predicted latency fits ``budget_ms``."""
+    """Find the best-quality shape whose predicted latency fits ``budget_ms``.
+
+    With ``guide`` (single objective, a refining sampler), a study the sampler has not worked on
+    whose quality cache already holds `GUIDE_MIN_KNOWN` shapes is answered by the cache-guided
+    pass (`amoebasearch.search.guide`) instead of ``trials`` sampler trials: each shape it
+    evaluates is one trial of the study, so a repeated request costs nothing new."""
     latency = {shape: predict_ms(shape) for shape in space}
     fastest_shape = min(latency, key=latency.get)
     if latency[fastest_shape] > budget_ms:
@@ -150,12 +169,19 @@ def search(
     # a shared study does.
     stored = len(study.trials)
     trials = 0 if stored >= trials else trials
-    if not study.trials and sampler in REFINING_SAMPLERS:  # random stays pure random: the baseline
+    cache.refresh()
+    known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
+    sampled = any(t.user_attrs.get("picked_by") != GUIDED for t in study.trials)
+    guided = guide and not multi_objective and sampler in REFINING_SAMPLERS and not sampled
+    guided = guided and len(known) >= GUIDE_MIN_KNOWN
+    if guided:
+        trials = 0
+    elif not study.trials and sampler in REFINING_SAMPLERS:  # random stays pure random: the baseline
         for shape in boundary_seeds(space, latency, budget_ms):
             study.enqueue_trial(trial_params(shape), skip_if_exists=True)
     evaluations_before = cache.evaluations
 
-    def objective(trial: optuna.Trial):
+    def objective(trial: optuna.Trial):  # the parameters of `distributions`
         depth = trial.suggest_int("depth", space.depths[0], space.depths[-1])
         heads = trial.suggest_categorical("heads", list(space.head_options))
         ffn = trial.suggest_categorical("ffn", list(space.ffn_options))
@@ -192,6 +218,22 @@ def search(
         finally:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    bar = tqdm(desc="cache-guided evaluations", unit="shape", disable=not (guided and progress), leave=False)
+    while guided and (pick := next_to_evaluate(latency, budget_ms, known, higher_is_better)) is not None:
+        # evaluated outside a sampler trial and added to the study complete: the cache is the record
+        known[pick] = cache.quality(pick, evaluate)
+        bar.update()
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=trial_params(pick),
+                distributions=distributions(space),
+                value=known[pick],
+                user_attrs={"shape": shape_key(pick), "latency_ms": latency[pick], "picked_by": GUIDED},
+                system_attrs={"constraints": (latency[pick] - budget_ms,)},
+            )
+        )
+    bar.close()
+
     # Model-guided samplers keep a share of the trials for a local search along the budget
     # boundary around the best shape found: cheap insurance against a sampler that settles on a
     # good region but not its best point (random search is neither seeded nor refined: a baseline).
@@ -225,4 +267,5 @@ def search(
         evaluations=cache.evaluations - evaluations_before,
         new_trials=len(study.trials) - stored,
         fastest=fastest,
+        guided=guided,
     )

@@ -345,6 +345,43 @@ def search_reuse() -> str:
     )
 
 
+def distributed_find() -> str:
+    name = sorted(path.name for path in RESULTS.glob("distributed_find-*-projection.csv"))[-1]
+    runs = csv(name.replace("-projection", ""))
+    projected = csv(name)
+    one, two = runs.iloc[0], runs.iloc[1]
+    pivot = projected.pivot(index="workers", columns="model", values="projected_speedup")
+    rows = pd.DataFrame(
+        {
+            "workers": pivot.index,
+            **{f"projected speed-up, {model}": pivot[model].map(number) for model in ("measured", "8B-class")},
+        }
+    )
+    measured = projected[projected["model"] == "measured"].iloc[0]
+    large = projected[projected["model"] == "8B-class"].iloc[0]
+    alone = one["evaluation_s"] / one["evaluations"]
+    side_by_side = two["evaluation_s"] / two["evaluations"]
+    at = projected.set_index(["model", "workers"])["projected_speedup"]
+    text = (
+        f"A cold `find` ({int(one['trials'])} trials, held-out perplexity, CPU eager table) by one worker process and "
+        f"by two on one study, each pinned to one thread, on {machine(one)}: {number(one['wall_s'], 1)} s and "
+        f"{number(two['wall_s'], 1)} s ({number(two['speedup'])}×; {int(two['evaluations'])} evaluations of "
+        f"{int(two['distinct_shapes'])} distinct shapes; one evaluation took {number(alone)} s alone and "
+        f"{number(side_by_side)} s with the other worker on the same VM). Quality evaluation is "
+        f"{share(measured['evaluation_share'])} of a worker's time at 135M parameters and "
+        f"{share(large['evaluation_share'])} when evaluation and model loading scale with the parameter count to 8B. "
+        "The projection gives each worker a machine of its own and charges start-up and the model load to every "
+        f"worker: for an 8B-class model {number(at[('8B-class', 8)], 1)}× at 8 workers and "
+        f"{number(at[('8B-class', 32)], 1)}× at 32, where a worker's single evaluation becomes the floor."
+    )
+    return section(
+        "Many workers on one study",
+        "python benchmarks/distributed_find.py --plan benchmarks/results/plan-dp-importance-512tok.json",
+        text,
+        table(rows),
+    )
+
+
 def figures() -> str:
     text = (
         "The Pareto front of SmolLM2-135M-Instruct's shape space (held-out perplexity before fine-tuning) on "
@@ -428,6 +465,7 @@ SECTIONS: list[Callable[[], str]] = [
     lambda: supernet_quality("supernet_quality-gpu-long"),
     search_quality,
     search_reuse,
+    distributed_find,
     figures,
     small_measures,
 ]

@@ -165,8 +165,6 @@ def samplers(args, space, latency, quality, full_ms, table, info) -> None:
     print(f"median TPE gap {statistics.median(frame[frame.sampler == 'tpe'].gap_pct):.3f}%")
 
 
-
-
 def warm_cache(known: dict) -> QualityCache:
     """An in-memory quality cache holding ``known`` (shape -> quality) as measured earlier."""
     cache = QualityCache(optuna.storages.InMemoryStorage(), "q")

@@ -98,7 +98,7 @@ def test_argparse_errors_are_one_line_with_exit_code_2(capsys):
     assert code == 2 and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("verb", ["info", "plan", "train", "profile", "find", "export"])
+@pytest.mark.parametrize("verb", ["info", "plan", "train", "profile", "find", "export", "eval", "plot"])
 def test_every_verb_has_help(capsys, verb):
     code, _ = cli_exit(capsys, verb, "--help")
     assert code == 0

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amoebasearch.cli import export, find, info, plan, plot, profile, train
+from amoebasearch.cli import eval, export, find, info, plan, plot, profile, train
 from amoebasearch.errors import INTERRUPTED, UsageError, first_line
 
-VERBS = (info, plan, train, profile, find, export, plot)
+VERBS = (info, plan, train, profile, find, eval, export, plot)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -26,8 +26,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "find",
         help="search the shape space for the best subnet under a latency budget",
         description="Latency comes from a profile table (measured for this device first, else estimated); "
-        "quality is held-out perplexity or multiple-choice accuracy through the supernet, cached in the "
-        "Optuna storage so any later budget or device reuses it.",
+        "quality (held-out perplexity, instruction perplexity, multiple-choice accuracy or lm-eval tasks) "
+        "is measured through the supernet and cached in the Optuna storage, so any later budget or device "
+        "reuses it.",
     )
     parser.add_argument("--budget", required=True, help="latency budget: 30ms, 0.03s, 2.5ms or 30 (ms)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -1,10 +1,13 @@
 """Multiple-choice accuracy of a shape: does the subnet find the gold ending the most likely?
 
-Each ending is scored by its length-normalised log-likelihood given the context: the sum of its
-tokens' log-probabilities divided by its token count (the per-token normalisation of
-lm-evaluation-harness's ``acc_norm`` family), so longer endings are not penalised for length.
-The accuracy is the share of items whose gold ending scores highest (ties go to the first
-ending, as ``argmax`` does).
+Each ending is scored by its mean token log-probability given the context: the sum of its
+tokens' log-probabilities divided by its token count, so longer endings are not penalised for
+length. That is not lm-evaluation-harness's ``acc_norm``, which divides the same sum by the
+ending's length in characters (``acc_bytes``: in UTF-8 bytes; ``acc``: no division), so the two
+can rank endings differently where tokens per character differ. The sums themselves equal
+lm-eval's log-likelihoods of the same items (tested); `find --metric lm-eval` reports lm-eval's
+own ``acc_norm``. The accuracy is the share of items whose gold ending scores highest (ties go
+to the first ending, as ``argmax`` does).
 
 The context is run once per item: context and endings are packed into one row with a tree
 attention mask (each ending sees the context and itself) and position ids that restart every

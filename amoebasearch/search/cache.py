@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class QualityCache:
         self.study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True)
         self._known: dict[str, float] = {}
         self.evaluations = 0
+        self.evaluation_s = 0.0  # wall time spent evaluating (this process's misses)
         self.refresh()
 
     def refresh(self) -> None:
@@ -69,7 +71,9 @@ class QualityCache:
             cached = self.get(shape)
         if cached is not None:
             return cached
+        start = time.perf_counter()
         value = float(evaluate(shape))
+        self.evaluation_s += time.perf_counter() - start
         self.evaluations += 1
         self.put(shape, value)
         return value

@@ -29,15 +29,18 @@ from amoebasearch.quality import (
     HIGHER_IS_BETTER,
     HeldOutPerplexity,
     InstructionPerplexity,
+    LMEvalQuality,
+    LMEvalTasks,
     LogitsFn,
     MultipleChoiceAccuracy,
+    TaskScore,
     encode_items,
 )
 from amoebasearch.search.cache import QualityCache, cache_study_name
 from amoebasearch.search.deploy import deploy, table_quant
 from amoebasearch.search.margin import Margin, budget_margin
 from amoebasearch.search.request import METRICS, FindRequest, QualitySettings, SearchSettings, TableChoice
-from amoebasearch.search.storage import open_storage
+from amoebasearch.search.storage import open_storage, shown_url
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import check_table_threads, choose_table
 from amoebasearch.shape import Shape
@@ -64,7 +67,8 @@ class QualitySource:
     training data, else the embedded ShareGPT pairs), the file's last pairs that `train` never
     reads. ``accuracy``: multiple-choice accuracy on the items of ``data`` (JSONL), else on a
     cloze task built from the embedded corpus's documents that no calibration chunk of the plan
-    touched.
+    touched. ``lm-eval``: the mean acc_norm (else acc) on lm-evaluation-harness ``tasks``, the
+    first ``eval_items`` items of each (`amoebasearch.quality.LMEvalTasks`).
     """
 
     def __init__(self, request: QualitySettings, plan: Plan) -> None:
@@ -77,10 +81,15 @@ class QualitySource:
         self._evaluate: Callable[[Shape], float] | None = None
         self.held_out = None  # ppl: the held-out token chunks, once loaded
         self._items = None
+        self._tasks: LMEvalTasks | None = None
         if request.metric == "accuracy" and request.data:  # a bad file fails now, before any search
             from amoebasearch.data import read_choice_items
 
             self._items = read_choice_items(request.data)[: request.eval_items]
+        if request.metric == "lm-eval":  # unknown or unfit tasks fail now, before any search
+            self._tasks = LMEvalTasks(request.tasks or [], request.tasks_dir, request.eval_items)
+        elif request.tasks is not None or request.tasks_dir:
+            raise UsageError("--tasks and --tasks-dir name lm-eval tasks: add --metric lm-eval, or drop them")
 
     @property
     def higher_is_better(self) -> bool:
@@ -100,6 +109,8 @@ class QualitySource:
         }
         if self.request.metric == "ppl":
             return {**settings, "eval_tokens": self.request.eval_tokens, **content_digest(settings["data"])}
+        if self._tasks is not None:  # the plan's data plays no part; the tasks and their files do
+            return {"metric": self.request.metric, **self._tasks.settings}
         if self.request.metric == "instruct":
             data, seq_len = instruction_source(self.request, settings["seq_len"])
             source = {"data": data or DEFAULT_DATA_LABEL, "seq_len": seq_len, **content_digest(data or "")}
@@ -140,6 +151,11 @@ class QualitySource:
             data, seq_len = instruction_source(self.request, settings["seq_len"])
             pairs = held_out_pairs(data, tokenizer, seq_len)
             return InstructionPerplexity(logits_fn, pairs[: self.request.eval_items], pad_token(tokenizer))
+        if self._tasks is not None:
+            from amoebasearch.quality.lm_eval_model import context_length
+
+            config = self._loaded.model.config if self._loaded is not None else None  # None: the tokenizer's limit
+            return LMEvalQuality(logits_fn, tokenizer, self._tasks, context_length(config, tokenizer))
         items = self._items
         if items is None:  # the cloze task: embedded corpus, minus what calibrated the plan
             docs = read_documents(None)
@@ -153,6 +169,13 @@ class QualitySource:
     def __call__(self, shape: Shape) -> float:
         self.load()
         return self._evaluate(shape)
+
+    def task_scores(self, shape: Shape) -> list[TaskScore]:
+        """``lm-eval``: each task's number for ``shape``, of which `__call__` is the mean."""
+        if self._tasks is None:
+            raise UsageError(f"per-task scores are of lm-eval tasks, not of metric {self.request.metric}")
+        self.load()
+        return self._evaluate.task_scores(shape)
 
     @property
     def tokenizer(self) -> Any:
@@ -248,7 +271,7 @@ def storage_url(request: SearchSettings) -> str | Path:
 def open_quality_cache(request: SearchSettings, source: str, eval_settings: dict[str, Any]) -> tuple[Any, QualityCache]:
     """The request's Optuna storage and the quality cache of its source (`source_signature`) and
     evaluation settings."""
-    storage = open_storage(storage_url(request))
+    storage = open_storage(storage_url(request), heartbeat_s=request.heartbeat)
     return storage, QualityCache(storage, cache_study_name(source, eval_settings))
 
 
@@ -366,9 +389,10 @@ def find(
         "new_trials": result.new_trials,
         "guided": result.guided,
         "evaluations": result.evaluations,
+        "evaluation_s": round(cache.evaluation_s, 3),  # of the search's wall time, the part spent evaluating
         "cached_shapes": len(cache),
         "study": study_name,
-        "storage": str(storage_url(request)),
+        "storage": shown_url(str(storage_url(request))),
     }
     with tempfile.TemporaryDirectory(prefix="amoebasearch-find-") as scratch:
         deployed = deploy(request, table, quality, result.best, report, Path(scratch))

@@ -22,7 +22,7 @@ import numpy as np
 
 from amoebasearch.shape import Shape
 
-GUIDE_MIN_KNOWN = 12  # cached qualities the model needs before it may steer a new budget
+GUIDE_MIN_KNOWN = 20  # cached qualities the model (9 coefficients) needs before it may steer a new budget
 OPTIMISM_SD = 1.5  # residual standard deviations of benefit of the doubt a candidate gets
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoebasearch.models import DEFAULT_MODEL, MODEL_HELP
-from amoebasearch.options import option, positive_int, positive_int_up_to
+from amoebasearch.options import comma_list, option, positive_int, positive_int_up_to
 from amoebasearch.planfile import PLAN_HELP
 from amoebasearch.profile.request import QUANTS
 from amoebasearch.quality import HIGHER_IS_BETTER
@@ -58,11 +58,12 @@ class QualitySettings:
     supernet: str | None = option(None, help="supernet directory from `amoebasearch train`")
     model: str = option(DEFAULT_MODEL, help=MODEL_HELP)
     plan: str | None = option(None, help=PLAN_HELP)
-    metric: str = option(  # lower is better for ppl and instruct (perplexities), higher for accuracy
+    metric: str = option(  # lower is better for ppl and instruct (perplexities), higher for the accuracies
         "ppl",
         choices=METRICS,
         help="quality: held-out perplexity (ppl, default), response perplexity on held-out instruction pairs "
-        "(instruct) or multiple-choice accuracy (accuracy)",
+        "(instruct), multiple-choice accuracy (accuracy) or the mean acc_norm (else acc) on lm-evaluation-harness "
+        "tasks (lm-eval, with --tasks)",
     )
     data: str | None = option(
         None,
@@ -75,7 +76,21 @@ class QualitySettings:
     eval_items: int = option(
         200,
         type=positive_int_up_to(MAX_EVAL_ITEMS, "each item costs a forward pass per choice per shape (200: 20-51 s)"),
-        help=f"accuracy: items per shape; instruct: held-out pairs per shape (200, at most {MAX_EVAL_ITEMS:,})",
+        help=f"accuracy: items per shape; instruct: held-out pairs per shape; lm-eval: items per task per shape, "
+        f"the first ones (lm-eval's --limit) (200, at most {MAX_EVAL_ITEMS:,})",
+    )
+    tasks: list[str] | None = option(
+        None,
+        type=comma_list(str),
+        metavar="T1,T2",
+        help="lm-eval: lm-evaluation-harness tasks, groups or tags, comma-separated (`lm-eval ls tasks` lists "
+        "them); multiple-choice and log-likelihood tasks only",
+    )
+    tasks_dir: str | None = option(
+        None,
+        metavar="DIR",
+        help="lm-eval: a folder of your own lm-eval task YAMLs (lm-eval's --include_path); `amoebasearch eval "
+        "--write-task DIR` writes the default cloze task there as amoebasearch_cloze",
     )
 
 
@@ -93,7 +108,8 @@ class SearchSettings:
         60,
         type=positive_int,
         help="Optuna trials to run (default 60); a study that already holds this many answers from them "
-        "without new trials (pass a larger number to search further)",
+        "without new trials (pass a larger number to search further); a new budget on a warm quality cache "
+        "runs none unless --explore",
     )
     sampler: str = option("tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     explore: bool = option(
@@ -103,6 +119,13 @@ class SearchSettings:
     )
     pareto: bool = option(False, help="multi-objective study (quality, latency)")
     storage: str | None = option(None, help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")
+    heartbeat: int = option(
+        10,
+        type=positive_int,
+        metavar="S",
+        help="database storages: a running trial's heartbeat in seconds (default 10); a trial silent for "
+        "three is a lost worker's, failed and run again",
+    )
     study: str | None = option(None, help="study name (default: derived from table, point, budget)")
     out: Path = option(Path("runs/find"), type=Path, help="run directory: storage, shape JSON, front CSV")
     seed: int = option(0, type=int, help="sampler seed (default 0)")

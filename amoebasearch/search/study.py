@@ -21,6 +21,7 @@ from amoebasearch.shape import Shape, ShapeSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "brute", "random")
 REFINING_SAMPLERS = ("tpe", "nsga2", "gp")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 GUIDED = "quality model"  # the `picked_by` user attribute of a trial the cache-guided pass asked for
 
 
@@ -164,10 +165,11 @@ def search(
         sampler=make_sampler(sampler, seed, multi_objective),
         load_if_exists=True,
     )
-    # A request the study has already answered (it holds ``trials`` or more) is answered from the
-    # stored trials without new ones; otherwise this call runs ``trials`` more, as every worker of
-    # a shared study does.
-    stored = len(study.trials)
+    # A request the study has already answered (it holds ``trials`` finished trials or more) is
+    # answered from them without new ones; otherwise this call runs ``trials`` more, as every worker
+    # of a shared study does. Queued, running and failed trials do not count: a crashed worker's
+    # trial is failed and queued again by the next trial any worker starts.
+    stored = len(study.get_trials(deepcopy=False, states=FINISHED))
     trials = 0 if stored >= trials else trials
     cache.refresh()
     known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
@@ -180,8 +182,11 @@ def search(
         for shape in boundary_seeds(space, latency, budget_ms):
             study.enqueue_trial(trial_params(shape), skip_if_exists=True)
     evaluations_before = cache.evaluations
+    ran = 0  # trials this call ran (other workers of a shared study run theirs meanwhile)
 
     def objective(trial: optuna.Trial):  # the parameters of `distributions`
+        nonlocal ran
+        ran += 1
         depth = trial.suggest_int("depth", space.depths[0], space.depths[-1])
         heads = trial.suggest_categorical("heads", list(space.head_options))
         ffn = trial.suggest_categorical("ffn", list(space.ffn_options))
@@ -223,6 +228,7 @@ def search(
         # evaluated outside a sampler trial and added to the study complete: the cache is the record
         known[pick] = cache.quality(pick, evaluate)
         bar.update()
+        ran += 1
         study.add_trial(
             optuna.trial.create_trial(
                 params=trial_params(pick),
@@ -243,8 +249,8 @@ def search(
         todo = [s for s in boundary_neighbours(space, latency, budget_ms, incumbent.shape) if cache.get(s) is None]
         if not todo:
             break
-        for shape in todo[:reserve]:
-            study.enqueue_trial(trial_params(shape))
+        for shape in todo[:reserve]:  # another worker may have queued it a moment ago
+            study.enqueue_trial(trial_params(shape), skip_if_exists=True)
         run(min(len(todo), reserve))
         reserve -= min(len(todo), reserve)
     if reserve:  # the boundary around the best shape is explored: give the rest back to the sampler
@@ -265,7 +271,7 @@ def search(
         front=front,
         trials=len(study.trials),
         evaluations=cache.evaluations - evaluations_before,
-        new_trials=len(study.trials) - stored,
+        new_trials=ran,
         fastest=fastest,
         guided=guided,
     )

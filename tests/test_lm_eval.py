@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -27,8 +28,10 @@ from amoebasearch.elastic import elastic_logits
 from amoebasearch.models import load_config
 from amoebasearch.quality import LMEvalQuality, LMEvalTasks, MultipleChoiceAccuracy, encode_items
 from amoebasearch.quality.lm_eval_model import ShapeLM, context_length
+from amoebasearch.search.cache import QualityCache
 from amoebasearch.search.evaluate import CLOZE_TASK, write_cloze_task
 from amoebasearch.search.find import CLOZE
+from amoebasearch.search.storage import open_storage
 from amoebasearch.shape import ModelDims, Shape, ShapeSpace
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -167,6 +170,30 @@ def test_the_cache_key_follows_the_task_files_and_names(tiny_tasks, tmp_path):
     assert LMEvalTasks(["tiny_choice", "tiny_long"], directory, 9).settings["items"] == 9
     write_task(directory, "tiny_choice", items[:-1])  # an edited task is a new task
     assert LMEvalTasks(["tiny_choice", "tiny_long"], directory, 8).settings != settings
+
+
+def test_a_task_scored_in_one_set_of_tasks_is_read_in_another(tiny_tasks):
+    """Each task's score per shape is cached under the task's own key: a search over (A, B) after
+    one over (A) scores only B, and its mean is what scoring both afresh gives."""
+    _, directory = tiny_tasks
+    model, tokenizer = tiny_model("llama"), char_tokenizer()
+    dims = ModelDims.from_config(model.config)
+    logits_fn = elastic_logits(model)
+    shape = ShapeSpace(dims).shape(3, 2, 64)
+    alone, both = LMEvalTasks(["tiny_choice"], directory, 8), LMEvalTasks(["tiny_choice", "tiny_long"], directory, 8)
+    assert alone.task_settings("tiny_choice") == both.task_settings("tiny_choice")  # one key in any set
+    storage = optuna.storages.InMemoryStorage()
+    caches = {name: QualityCache(storage, name) for name in ("tiny_choice", "tiny_long")}
+
+    first = LMEvalQuality(logits_fn, tokenizer, alone, 128, caches=caches)
+    choice = first(shape)
+    assert first.scored == 1 and caches["tiny_choice"].get(shape) == choice
+    second = LMEvalQuality(logits_fn, tokenizer, both, 128, caches=caches)
+    mean = second(shape)
+    assert second.scored == 1 and caches["tiny_long"].get(shape) is not None  # only the new task ran
+    fresh = LMEvalQuality(logits_fn, tokenizer, both, 128)
+    assert mean == pytest.approx(fresh(shape), abs=1e-12) and fresh.scored == 2
+    assert second(shape) == mean and second.scored == 1  # both cached now: nothing scored
 
 
 # ---------------------------------------------------------------- the shipped cloze task
@@ -356,3 +383,8 @@ def test_find_with_lm_eval_runs_offline_and_caches_the_adapters_number(smollm2, 
     cached = pd.read_csv(out / "qualities.csv", dtype={"layers": str})
     row = cached[(cached["layers"] == " ".join(map(str, shape.layers))) & (cached["heads"] == shape.heads)]
     assert list(row[row["ffn"] == shape.ffn]["quality"]) == [direct]
+    # the task's own cache holds every shape the search scored, for any later set of tasks naming it
+    storage = open_storage(out / "study.journal")
+    caches = [n for n in optuna.get_all_study_names(storage) if n.startswith("amoebasearch-quality-")]
+    counts = sorted(len(optuna.load_study(study_name=n, storage=storage).trials) for n in caches)
+    assert len(caches) == 2 and counts == [report["cached_shapes"]] * 2

@@ -24,7 +24,7 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -169,45 +169,70 @@ class LMEvalTasks:
         return _leaf_tasks(self.loaded)
 
     @cached_property
-    def settings(self) -> dict[str, Any]:
-        """What the scores depend on besides the model and shape: the task names, the item cap, the
-        lm-eval version (its own tasks' definitions), and a digest of the local task files (every
-        file of ``tasks_dir`` and the local data files the tasks name), so an edited task is a new
-        task."""
+    def _folder_digest(self) -> str:
+        """A digest of every file of ``tasks_dir`` (names and contents)."""
         digest = hashlib.sha256()
         if self.tasks_dir is not None:
             for path in sorted(p for p in self.tasks_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
                 digest.update(path.relative_to(self.tasks_dir).as_posix().encode() + b"\0" + _file_sha256(path))
+        return digest.hexdigest()[:16]
+
+    def _data_digest(self, names: Sequence[str]) -> str:
+        """A digest of the local data files the tasks ``names`` read."""
         data = []
-        for task in self.tasks.values():
+        for name in names:
+            task = self.tasks[name]
             kwargs = task.get_config("dataset_kwargs") or {}
             data += _local_files(kwargs.get("data_files"))
             path = task.get_config("dataset_path")
             if isinstance(path, str) and ("/" in path or Path(path).is_file()):  # a path, not a builder (json)
                 data += _local_files(path)
+        digest = hashlib.sha256()
         for path in sorted(set(data)):
             digest.update(_file_sha256(path))
+        return digest.hexdigest()[:16]
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """What the scores depend on besides the model and shape: the task names, the item cap, the
+        lm-eval version (its own tasks' definitions), and a digest of the local task files (every
+        file of ``tasks_dir`` and the local data files the tasks name), so an edited task is a new
+        task."""
+        folder, data = self._folder_digest, self._data_digest(list(self.tasks))
         return {
             "tasks": sorted(self.names),
             "items": self.limit,
             "lm_eval": importlib.metadata.version("lm_eval"),
-            "task_files_sha256": digest.hexdigest()[:16],
+            "task_files_sha256": hashlib.sha256(f"{folder}{data}".encode()).hexdigest()[:16],
         }
 
-    def run(self, lm: Any, samples: bool = False) -> dict[str, Any]:
-        """lm-eval's results dict for ``lm`` on these tasks (``samples``: with every request's answers)."""
+    def task_settings(self, name: str) -> dict[str, Any]:
+        """What one task's score depends on besides the model and shape (its cache key): the same
+        for that task in any set of tasks named from the same ``tasks_dir``."""
+        return {
+            "task": name,
+            "items": self.limit,
+            "lm_eval": importlib.metadata.version("lm_eval"),
+            "tasks_dir_sha256": self._folder_digest,
+            "data_sha256": self._data_digest([name]),
+        }
+
+    def run(self, lm: Any, samples: bool = False, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """lm-eval's results dict for ``lm`` on these tasks, or on the tasks ``names`` of them
+        (``samples``: with every request's answers)."""
         from lm_eval.evaluator import evaluate
 
-        for task in self.tasks.values():
-            task.set_fewshot_seed(seed=FEWSHOT_SEED)  # reseeded, so the order shapes come in changes nothing
+        task_dict = self.loaded if names is None else {name: self.tasks[name] for name in names}
+        for name in names or self.tasks:  # reseeded, so the order shapes come in changes nothing
+            self.tasks[name].set_fewshot_seed(seed=FEWSHOT_SEED)
         with quiet_progress():
-            return evaluate(lm=lm, task_dict=self.loaded, limit=self.limit, bootstrap_iters=0, log_samples=samples)
+            return evaluate(lm=lm, task_dict=task_dict, limit=self.limit, bootstrap_iters=0, log_samples=samples)
 
-    def scores(self, lm: Any) -> list[TaskScore]:
-        """Each task's acc_norm (else acc) for ``lm``."""
-        results = self.run(lm)
+    def scores(self, lm: Any, names: Sequence[str] | None = None) -> list[TaskScore]:
+        """Each task's acc_norm (else acc) for ``lm``: of every task, or of the tasks ``names``."""
+        results = self.run(lm, names=names)
         scores = []
-        for name in self.tasks:
+        for name in names or self.tasks:
             reported = results["results"][name]
             for metric in PREFERRED_METRICS:
                 keys = [key for key in reported if key.split(",")[0] == metric]  # "acc_norm,none": metric,filter
@@ -220,23 +245,48 @@ class LMEvalTasks:
 
 
 class LMEvalQuality:
-    """A shape's mean acc_norm (else acc) over lm-eval tasks, through ``logits_fn``; higher is better."""
+    """A shape's mean acc_norm (else acc) over lm-eval tasks, through ``logits_fn``; higher is better.
+
+    ``caches`` (task name -> anything with ``get(shape)`` and ``put(shape, value)``, such as
+    `find`'s quality cache of that task's `LMEvalTasks.task_settings`): a task scored for a shape
+    before, in this set of tasks or any other, is read instead of scored again.
+    """
 
     def __init__(
-        self, logits_fn: LogitsFn, tokenizer: Any, tasks: LMEvalTasks, max_length: int, batch: int = 8
+        self,
+        logits_fn: LogitsFn,
+        tokenizer: Any,
+        tasks: LMEvalTasks,
+        max_length: int,
+        batch: int = 8,
+        caches: Mapping[str, Any] | None = None,
     ) -> None:
         from amoebasearch.quality.lm_eval_model import ShapeLM
 
         self.tasks = tasks
         self.lm = ShapeLM(logits_fn, tokenizer, max_length, batch=batch)
+        self.caches = caches or {}
+        self.scored = 0  # task scores computed (not read from ``caches``)
 
-    def task_scores(self, shape: Shape) -> list[TaskScore]:
+    def task_scores(self, shape: Shape, names: Sequence[str] | None = None) -> list[TaskScore]:
         self.lm.shape = shape
-        return self.tasks.scores(self.lm)
+        scores = self.tasks.scores(self.lm, names)
+        self.scored += len(scores)
+        return scores
 
     def __call__(self, shape: Shape) -> float:
-        scores = self.task_scores(shape)
-        return sum(score.value for score in scores) / len(scores)
+        values = {}
+        for name in self.tasks.tasks:
+            cache = self.caches.get(name)
+            if cache is not None and (cached := cache.get(shape)) is not None:
+                values[name] = cached
+        missing = [name for name in self.tasks.tasks if name not in values]
+        if missing:
+            for score in self.task_scores(shape, None if len(missing) == len(self.tasks.tasks) else missing):
+                values[score.task] = score.value
+                if score.task in self.caches:
+                    self.caches[score.task].put(shape, score.value)
+        return sum(values[name] for name in self.tasks.tasks) / len(values)
 
 
 def write_choice_task(directory: str | Path, name: str, items: Sequence[ChoiceItem], about: str) -> Path:

@@ -82,6 +82,7 @@ class QualitySource:
         self.held_out = None  # ppl: the held-out token chunks, once loaded
         self._items = None
         self._tasks: LMEvalTasks | None = None
+        self.task_caches: dict[str, QualityCache] = {}  # lm-eval: each task's scores, shared by every task set
         if request.metric == "accuracy" and request.data:  # a bad file fails now, before any search
             from amoebasearch.data import read_choice_items
 
@@ -155,7 +156,8 @@ class QualitySource:
             from amoebasearch.quality.lm_eval_model import context_length
 
             config = self._loaded.model.config if self._loaded is not None else None  # None: the tokenizer's limit
-            return LMEvalQuality(logits_fn, tokenizer, self._tasks, context_length(config, tokenizer))
+            max_length = context_length(config, tokenizer)
+            return LMEvalQuality(logits_fn, tokenizer, self._tasks, max_length, caches=self.task_caches)
         items = self._items
         if items is None:  # the cloze task: embedded corpus, minus what calibrated the plan
             docs = read_documents(None)
@@ -169,6 +171,17 @@ class QualitySource:
     def __call__(self, shape: Shape) -> float:
         self.load()
         return self._evaluate(shape)
+
+    def share_task_caches(self, storage: Any, source: str) -> None:
+        """``lm-eval``: keep each task's score per shape in ``storage`` too, under the task's own key,
+        so a search over another set of tasks that includes it reads it instead of scoring it again."""
+        if self._tasks is not None:
+            self.task_caches = {
+                name: QualityCache(
+                    storage, cache_study_name(source, {"metric": "lm-eval-task", **self._tasks.task_settings(name)})
+                )
+                for name in self._tasks.tasks
+            }
 
     def task_scores(self, shape: Shape) -> list[TaskScore]:
         """``lm-eval``: each task's number for ``shape``, of which `__call__` is the mean."""
@@ -343,6 +356,7 @@ def find(
     point = point_model(table, request.phase, request.batch, request.context)
     space = table_space(table, plan.ordering)  # the table was checked against this model's signature
     storage, cache = open_quality_cache(request, source, quality.eval_settings)
+    quality.share_task_caches(storage, source)
     margin = budget_margin(request.margin, table, request.phase, request.batch, request.context)
     search_budget_ms = margin.search_budget(request.budget_ms)
     study_name = request.study or study_name_for(request, table, source, margin)

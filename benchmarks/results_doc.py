@@ -346,15 +346,19 @@ def search_reuse() -> str:
 
 
 def distributed_find() -> str:
-    name = sorted(path.name for path in RESULTS.glob("distributed_find-*-projection.csv"))[-1]
+    newest = sorted(RESULTS.glob("distributed_find-*-projection.csv"), key=lambda p: p.stem.split("-")[-4:-1])
+    name = newest[-1].name  # by the date in the name (…-YYYY-MM-DD-projection)
     runs = csv(name.replace("-projection", ""))
     projected = csv(name)
     one, two = runs.iloc[0], runs.iloc[1]
     pivot = projected.pivot(index="workers", columns="model", values="projected_speedup")
+    measured_at = dict(zip(runs["workers"], runs["speedup"], strict=True))
     rows = pd.DataFrame(
         {
             "workers": pivot.index,
-            **{f"projected speed-up, {model}": pivot[model].map(number) for model in ("measured", "8B-class")},
+            "measured here (one VM)": [number(measured_at[n]) if n in measured_at else "" for n in pivot.index],
+            "projected, 135M": pivot["measured"].map(number),
+            "projected, 8B-class": pivot["8B-class"].map(number),
         }
     )
     measured = projected[projected["model"] == "measured"].iloc[0]

@@ -1,4 +1,5 @@
-"""Helpers for the plan/data tests: a character-level tokenizer and a tiny checkpoint that ships it."""
+"""Helpers for the plan/data/quality tests: a character-level tokenizer, a tiny checkpoint that ships
+it, and a fake LM whose log-probabilities are known in closed form."""
 
 from __future__ import annotations
 
@@ -32,3 +33,17 @@ def tiny_checkpoint_with_tokenizer(path, layers: int = 4):
     model.save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path
+
+
+def counting_logits(vocab: int, high: float = 5.0):
+    """A fake `LogitsFn` that expects token t+1 after token t (logit ``high``, every other 0): the
+    expected token's log-probability is ``high - log(e**high + vocab - 1)``, any other's
+    ``-log(e**high + vocab - 1)``."""
+    import torch
+
+    def logits_fn(shape, input_ids, attention_mask=None, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, vocab)
+        logits.scatter_(-1, ((input_ids + 1) % vocab).unsqueeze(-1), high)
+        return logits
+
+    return logits_fn

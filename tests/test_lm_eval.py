@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_model
-from plan_helpers import PROSE, char_tokenizer, tiny_checkpoint_with_tokenizer
+from plan_helpers import PROSE, char_tokenizer, counting_logits, tiny_checkpoint_with_tokenizer
 from table_helpers import fake_table
 from test_train_smol import shuffled_ordering
 from transformers import AutoModelForCausalLM
@@ -88,19 +88,12 @@ VOCAB = 97
 HIGH = 5.0
 
 
-def counting_logits(shape, input_ids, attention_mask=None, position_ids=None):
-    """A fake LM that expects token t+1 after token t: under the character tokenizer, the next letter."""
-    logits = torch.zeros(*input_ids.shape, VOCAB)
-    logits.scatter_(-1, ((input_ids + 1) % VOCAB).unsqueeze(-1), HIGH)
-    return logits
-
-
 def test_scores_are_summed_continuation_logprobs_with_greedy_flags():
     from lm_eval.api.instance import Instance
 
     hit = HIGH - math.log(math.exp(HIGH) + VOCAB - 1)  # log-prob of the expected next token
     miss = -math.log(math.exp(HIGH) + VOCAB - 1)
-    lm = ShapeLM(counting_logits, char_tokenizer(), max_length=6, shape=Shape((0,), 1, 1), batch=2)
+    lm = ShapeLM(counting_logits(VOCAB, HIGH), char_tokenizer(), max_length=6, shape=Shape((0,), 1, 1), batch=2)
     pairs = [("ab", "cd"), ("ab", "ce"), ("abcdefghij", "k"), ("", "bc")]  # the third is cut to its last 6 tokens
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     # an empty context is conditioned on EOS (the tokenizer has no BOS), which "a" would follow, not "b"
@@ -170,6 +163,13 @@ def test_the_cache_key_follows_the_task_files_and_names(tiny_tasks, tmp_path):
     assert LMEvalTasks(["tiny_choice", "tiny_long"], directory, 9).settings["items"] == 9
     write_task(directory, "tiny_choice", items[:-1])  # an edited task is a new task
     assert LMEvalTasks(["tiny_choice", "tiny_long"], directory, 8).settings != settings
+    # a group that re-configures a task under the task's own name keeps that task's scores apart
+    (directory / "tiny_group.yaml").write_text("group: tiny_group\ntask:\n  - task: tiny_choice\n    num_fewshot: 2\n")
+    grouped = LMEvalTasks(["tiny_group"], directory, 8)
+    assert list(grouped.tasks) == ["tiny_choice"]
+    assert grouped.task_settings("tiny_choice") != LMEvalTasks(["tiny_choice"], directory, 8).task_settings(
+        "tiny_choice"
+    )
 
 
 def test_a_task_scored_in_one_set_of_tasks_is_read_in_another(tiny_tasks):

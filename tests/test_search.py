@@ -1,6 +1,8 @@
+import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -185,6 +187,52 @@ def test_two_worker_processes_share_one_study(tmp_path):
     # none lost, none duplicated; a worker that starts after the study holds its 15 trials answers from them
     assert 15 <= len(study.trials) <= 30 and sorted(numbers) == list(range(len(study.trials))), states
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+GUIDED_WORKER = textwrap.dedent(  # run from tests/, so `python -c` finds this module there
+    """
+    import json, sys, time
+    from test_search import DIMS, fake_latency, fake_quality
+    from amoebasearch.search.cache import QualityCache
+    from amoebasearch.search.storage import open_storage
+    from amoebasearch.search.study import search
+    from amoebasearch.shape import ShapeSpace
+
+    def slow_quality(shape):  # long enough for both workers to be evaluating at once
+        time.sleep(0.3)
+        return fake_quality(shape)
+
+    storage = open_storage({journal!r})
+    time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both start together
+    result = search(ShapeSpace(DIMS, ffn_step=64), fake_latency, slow_quality, QualityCache(storage, "quality"),
+                    8.0, storage=storage, study_name="guided", progress=False)
+    print(json.dumps({{"guided": result.guided, "evaluations": result.evaluations, "best": str(result.best.shape)}}))
+    """
+)
+
+
+def test_two_workers_on_a_new_budget_split_the_guided_evaluations(tmp_path):
+    """On a warm cache both workers take the cache-guided pass: each promising shape is evaluated
+    once, by whichever worker queued it, and both answer with the exhaustive optimum."""
+    journal = tmp_path / "shared.journal"
+    storage = open_storage(journal)
+    space = ShapeSpace(DIMS, ffn_step=64)
+    cache = QualityCache(storage, "quality")
+    search(space, fake_latency, fake_quality, cache, 30.0, trials=40, storage=storage, study_name="front",
+           multi_objective=True, progress=False)  # fmt: skip
+    before = len(cache)
+    code, start = GUIDED_WORKER.format(journal=str(journal)), time.time() + 5.0
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(start)], cwd=Path(__file__).parent, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    reports = [json.loads(w.communicate(timeout=240)[0]) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    shapes = [t.user_attrs["shape"] for t in optuna.load_study(study_name="quality", storage=storage).trials]
+    assert len(shapes) == len(set(shapes)), "a shape was evaluated twice"
+    assert all(r["guided"] for r in reports) and sum(r["evaluations"] for r in reports) == len(shapes) - before
+    assert len(shapes) > before  # the budget needed new evaluations: the split was exercised
+    assert {r["best"] for r in reports} == {str(exhaustive_best(space, 8.0))}
 
 
 def test_boundary_neighbours_are_the_deepest_feasible_shapes_at_nearby_widths():

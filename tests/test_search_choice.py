@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import tiny_model
-from plan_helpers import PROSE, char_tokenizer
+from plan_helpers import PROSE, char_tokenizer, counting_logits
 from test_train_smol import randomise, shuffled_ordering
 
 from amoebasearch.data import ChoiceItem, calibration_split, cloze_items, held_out_documents, read_choice_items
@@ -22,13 +22,6 @@ VOCAB = 10
 HIGH = 5.0
 
 
-def counting_logits(shape, input_ids, attention_mask=None, position_ids=None):
-    """A fake LM that expects token t+1 after token t (logit HIGH, all others 0)."""
-    logits = torch.zeros(*input_ids.shape, VOCAB)
-    logits.scatter_(-1, ((input_ids + 1) % VOCAB).unsqueeze(-1), HIGH)
-    return logits
-
-
 def test_scores_are_mean_token_logprobs_given_the_context():
     hit = HIGH - math.log(math.exp(HIGH) + VOCAB - 1)  # log-prob of the expected next token
     miss = -math.log(math.exp(HIGH) + VOCAB - 1)
@@ -38,7 +31,7 @@ def test_scores_are_mean_token_logprobs_given_the_context():
         EncodedItem(context=(5,), endings=((7,), (6, 8)), gold=0),  # (6, 8) has one hit: gold loses
         EncodedItem(context=(2,), endings=((3, 4), (3,)), gold=0),  # a tie goes to the first ending
     ]
-    evaluator = MultipleChoiceAccuracy(counting_logits, items, batch=3)
+    evaluator = MultipleChoiceAccuracy(counting_logits(VOCAB, HIGH), items, batch=3)
     expected = [[hit, miss, (hit + miss) / 2], [(miss + 2 * hit) / 3, hit], [miss, (hit + miss) / 2], [hit, hit]]
     for got, want in zip(evaluator.scores(None), expected, strict=True):
         assert torch.allclose(got, torch.tensor(want), atol=1e-6)

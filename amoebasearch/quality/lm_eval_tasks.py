@@ -93,6 +93,12 @@ def _leaf_tasks(nested: dict[Any, Any]) -> dict[str, Any]:
     return tasks
 
 
+def _stable_name(value: Any) -> str:
+    """A task config's non-JSON value (a function its YAML names) as its qualified name, which,
+    unlike its repr, does not change from run to run."""
+    return getattr(value, "__qualname__", None) or type(value).__qualname__
+
+
 def _file_sha256(path: Path) -> bytes:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").digest()
@@ -208,11 +214,14 @@ class LMEvalTasks:
 
     def task_settings(self, name: str) -> dict[str, Any]:
         """What one task's score depends on besides the model and shape (its cache key): the same
-        for that task in any set of tasks named from the same ``tasks_dir``."""
+        for that task in any set of tasks named from the same ``tasks_dir``, and different when a
+        group re-configures the task under its own name (few-shot count, prompt, delimiters)."""
+        config = json.dumps(self.tasks[name].dump_config(), sort_keys=True, default=_stable_name)
         return {
             "task": name,
             "items": self.limit,
             "lm_eval": importlib.metadata.version("lm_eval"),
+            "config_sha256": hashlib.sha256(config.encode()).hexdigest()[:16],
             "tasks_dir_sha256": self._folder_digest,
             "data_sha256": self._data_digest([name]),
         }

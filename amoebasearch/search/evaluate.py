@@ -14,10 +14,9 @@ from typing import Any
 
 from amoebasearch.data import cloze_items, read_documents
 from amoebasearch.errors import UsageError
-from amoebasearch.models import load_config
 from amoebasearch.ordering import Ordering
 from amoebasearch.quality import write_choice_task
-from amoebasearch.search.find import CLOZE, base_override, quality_identity
+from amoebasearch.search.find import CLOZE, quality_identity
 from amoebasearch.search.request import QualitySettings
 from amoebasearch.shape import ModelDims, Shape
 
@@ -43,15 +42,6 @@ def parse_shape(text: str | None, dims: ModelDims, ordering: Ordering) -> Shape:
     return Shape.load(text).validate(dims)
 
 
-def model_dims(request: QualitySettings) -> ModelDims:
-    """The dimensions of the model the request scores (a supernet's base), from its config alone."""
-    if request.supernet:
-        from amoebasearch.train.supernet import read_base
-
-        return ModelDims.from_config(load_config(base_override(request) or read_base(Path(request.supernet))["model"]))
-    return ModelDims.from_config(load_config(request.model))
-
-
 def evaluate_tasks(request: QualitySettings, shape: str | None = None) -> dict[str, Any]:
     """``shape`` (see `parse_shape`) of the request's supernet, plan or model scored on its lm-eval
     ``tasks``: each task's acc_norm (else acc) and their mean, as a JSON-ready report."""
@@ -60,7 +50,7 @@ def evaluate_tasks(request: QualitySettings, shape: str | None = None) -> dict[s
     start = time.perf_counter()
     request = replace(request, metric="lm-eval")
     identity = quality_identity(request)  # checks the tasks before any weights load
-    chosen = parse_shape(shape, model_dims(request), identity.plan.ordering)
+    chosen = parse_shape(shape, identity.dims, identity.plan.ordering)
     scores = identity.quality.task_scores(chosen)
     return {
         "model": identity.name,

@@ -43,7 +43,7 @@ from amoebasearch.search.request import METRICS, FindRequest, QualitySettings, S
 from amoebasearch.search.storage import open_storage, shown_url
 from amoebasearch.search.study import Candidate, InfeasibleBudget, search
 from amoebasearch.search.tables import check_table_threads, choose_table
-from amoebasearch.shape import Shape
+from amoebasearch.shape import ModelDims, Shape
 from amoebasearch.train.instruct import DEFAULT_DATA_LABEL, held_out_pairs
 
 CLOZE = {"context_words": 48, "ending_words": 12, "choices": 4}  # the default accuracy task (`cloze_items`)
@@ -254,16 +254,16 @@ class QualityIdentity:
 
     name: str
     signature: str
+    dims: ModelDims
     plan: Plan
     quality: QualitySource
     source: str
 
 
 def quality_identity(request: QualitySettings) -> QualityIdentity:
-    name, signature, _config, plan = _model_identity(request)
-    return QualityIdentity(
-        name, signature, plan, QualitySource(request, plan), source_signature(request, signature, plan)
-    )
+    name, signature, config, plan = _model_identity(request)
+    source = source_signature(request, signature, plan)
+    return QualityIdentity(name, signature, ModelDims.from_config(config), plan, QualitySource(request, plan), source)
 
 
 def source_signature(request: QualitySettings, signature: str, plan: Plan) -> str:

@@ -9,8 +9,8 @@ maximal shapes of unknown quality; the best-ranked one is evaluated while the mo
 optimistic by 1.5 standard deviations of its own residuals, says it could beat the best fitting
 shape known, and the model is fitted again after each evaluation.
 
-`benchmarks/search_quality.py` measures it against the exhaustive optimum: 10 new budgets after
-one `find --pareto`, each answered at the optimum with about 6 evaluations instead of about 30.
+`benchmarks/search_quality.py --parts sweep` measures it against the exhaustive optimum
+(docs/results.md, "New budgets and repeated requests").
 """
 
 from __future__ import annotations
@@ -59,29 +59,33 @@ def optimistic_losses(
     known: Mapping[Shape, float], candidates: Sequence[Shape], higher_is_better: bool, use_log: bool
 ) -> dict[Shape, float]:
     """Each candidate's loss (`_loss`) as the model fitted on ``known`` predicts it, less
-    `OPTIMISM_SD` standard deviations of the model's residuals."""
+    `OPTIMISM_SD` standard deviations of the model's residuals (over its degrees of freedom)."""
     shapes = list(known)
     x = np.array([_features(s) for s in shapes])
     y = np.array([_loss(known[s], higher_is_better, use_log) for s in shapes])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    residual_sd = float(np.sqrt(np.mean((y - x @ coef) ** 2)))
+    freedom = max(len(shapes) - x.shape[1], 1)
+    residual_sd = float(np.sqrt(np.sum((y - x @ coef) ** 2) / freedom))
     return {c: float(np.array(_features(c)) @ coef) - OPTIMISM_SD * residual_sd for c in candidates}
 
 
-def next_to_evaluate(
+def finite(known: Mapping[Shape, float]) -> dict[Shape, float]:
+    """The cached qualities the model can fit (a perplexity that overflowed to inf cannot)."""
+    return {shape: q for shape, q in known.items() if math.isfinite(q)}
+
+
+def promising(
     latency: Mapping[Shape, float], budget_ms: float, known: Mapping[Shape, float], higher_is_better: bool
-) -> Shape | None:
-    """The maximal fitting shape of unknown quality that the model ranks best, if it could beat
-    the best fitting shape known; None when no evaluation can change the answer."""
+) -> list[Shape]:
+    """The maximal fitting shapes of unknown quality that could beat the best fitting shape known,
+    as the model (fitted on ``known``'s finite qualities) sees them; the most promising first.
+    Empty when no evaluation can change the answer."""
     todo = [s for s in maximal_fitting(latency, budget_ms) if s not in known]
-    if not todo:
-        return None
-    use_log = all(q > 0 for q in known.values())
-    fitting = [known[s] for s in known if latency.get(s, math.inf) <= budget_ms]
-    predicted = optimistic_losses(known, todo, higher_is_better, use_log)
-    pick = min(todo, key=lambda s: (predicted[s], -latency[s]))
-    if fitting:
-        incumbent = min(_loss(q, higher_is_better, use_log) for q in fitting)
-        if predicted[pick] >= incumbent:
-            return None
-    return pick
+    usable = finite(known)
+    if not todo or not usable:
+        return todo
+    use_log = all(q > 0 for q in usable.values())
+    predicted = optimistic_losses(usable, todo, higher_is_better, use_log)
+    fitting = [q for s, q in usable.items() if latency.get(s, math.inf) <= budget_ms]
+    incumbent = min((_loss(q, higher_is_better, use_log) for q in fitting), default=math.inf)
+    return sorted((s for s in todo if predicted[s] < incumbent), key=lambda s: (predicted[s], -latency[s]))

@@ -15,6 +15,7 @@ from amoebasearch.options import comma_list, option, positive_int, positive_int_
 from amoebasearch.planfile import PLAN_HELP
 from amoebasearch.profile.request import QUANTS
 from amoebasearch.quality import HIGHER_IS_BETTER
+from amoebasearch.search.storage import GRACE_HEARTBEATS, HEARTBEAT_S
 from amoebasearch.search.study import SAMPLERS
 
 METRICS = tuple(HIGHER_IS_BETTER)
@@ -108,8 +109,8 @@ class SearchSettings:
         60,
         type=positive_int,
         help="Optuna trials to run (default 60); a study that already holds this many answers from them "
-        "without new trials (pass a larger number to search further); a new budget on a warm quality cache "
-        "runs none unless --explore",
+        "without new trials (pass a larger number to search further). A new budget on a warm quality cache "
+        "runs none: the quality model picks its few evaluations (--explore to run the trials instead)",
     )
     sampler: str = option("tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     explore: bool = option(
@@ -120,11 +121,11 @@ class SearchSettings:
     pareto: bool = option(False, help="multi-objective study (quality, latency)")
     storage: str | None = option(None, help="Optuna storage: postgresql://…, sqlite:///f.db or f.journal")
     heartbeat: int = option(
-        10,
+        HEARTBEAT_S,
         type=positive_int,
         metavar="S",
-        help="database storages: a running trial's heartbeat in seconds (default 10); a trial silent for "
-        "three is a lost worker's, failed and run again",
+        help=f"database storages: a running trial's heartbeat in seconds (default {HEARTBEAT_S}); a trial silent "
+        f"for {GRACE_HEARTBEATS} is a lost worker's, failed and run again",
     )
     study: str | None = option(None, help="study name (default: derived from table, point, budget)")
     out: Path = option(Path("runs/find"), type=Path, help="run directory: storage, shape JSON, front CSV")

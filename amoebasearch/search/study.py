@@ -8,6 +8,7 @@ with size), and evaluates quality only for feasible proposals that the cache has
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,13 +17,15 @@ from tqdm import tqdm
 
 from amoebasearch.errors import UsageError
 from amoebasearch.search.cache import QualityCache, shape_key
-from amoebasearch.search.guide import GUIDE_MIN_KNOWN, next_to_evaluate
+from amoebasearch.search.guide import GUIDE_MIN_KNOWN, finite, promising
 from amoebasearch.shape import Shape, ShapeSpace
 
 SAMPLERS = ("tpe", "nsga2", "gp", "brute", "random")
 REFINING_SAMPLERS = ("tpe", "nsga2", "gp")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 GUIDED = "quality model"  # the `picked_by` user attribute of a trial the cache-guided pass asked for
+GUIDE_POLL_S = 1.0  # how often a guided worker looks for another worker's result it waits for
+GUIDE_PATIENCE_S = 600.0  # without heartbeats (journal files), how long it waits for one at most
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,16 @@ def trial_params(shape: Shape) -> dict[str, int]:
     return {"depth": shape.depth, "heads": shape.heads, "ffn": shape.ffn}
 
 
-def distributions(space: ShapeSpace) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The search parameters of a shape, as every trial of a `find` study suggests them."""
-    return {
-        "depth": optuna.distributions.IntDistribution(space.depths[0], space.depths[-1]),
-        "heads": optuna.distributions.CategoricalDistribution(list(space.head_options)),
-        "ffn": optuna.distributions.CategoricalDistribution(list(space.ffn_options)),
-    }
+def shapes_in_progress(study: optuna.Study, space: ShapeSpace) -> set[Shape]:
+    """The shapes the study's queued and running trials (this or any worker's) are about to evaluate."""
+    shapes = set()
+    for trial in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    ):
+        params = trial.system_attrs.get("fixed_params") or trial.params
+        if {"depth", "heads", "ffn"} <= set(params):
+            shapes.add(space.shape(params["depth"], params["heads"], params["ffn"]))
+    return shapes
 
 
 def boundary_seeds(space: ShapeSpace, latency: dict[Shape, float], budget_ms: float) -> list[Shape]:
@@ -175,7 +181,7 @@ def search(
     known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
     sampled = any(t.user_attrs.get("picked_by") != GUIDED for t in study.trials)
     guided = guide and not multi_objective and sampler in REFINING_SAMPLERS and not sampled
-    guided = guided and len(known) >= GUIDE_MIN_KNOWN
+    guided = guided and len(finite(known)) >= GUIDE_MIN_KNOWN
     if guided:
         trials = 0
     elif not study.trials and sampler in REFINING_SAMPLERS:  # random stays pure random: the baseline
@@ -184,9 +190,14 @@ def search(
     evaluations_before = cache.evaluations
     ran = 0  # trials this call ran (other workers of a shared study run theirs meanwhile)
 
-    def objective(trial: optuna.Trial):  # the parameters of `distributions`
+    guiding = False  # a trial of the cache-guided pass evaluates only the shape it queued
+
+    def objective(trial: optuna.Trial):
         nonlocal ran
         ran += 1
+        if guiding and trial.user_attrs.get("picked_by") != GUIDED:  # not the queued shape: another
+            trial.set_user_attr("picked_by", GUIDED)  # worker took that one first; nothing to evaluate
+            raise optuna.TrialPruned()
         depth = trial.suggest_int("depth", space.depths[0], space.depths[-1])
         heads = trial.suggest_categorical("heads", list(space.head_options))
         ffn = trial.suggest_categorical("ffn", list(space.ffn_options))
@@ -212,32 +223,52 @@ def search(
         sign = -1.0 if higher_is_better else 1.0
         return min(candidates, key=lambda c: (sign * c.quality, c.latency_ms)) if candidates else None
 
-    def run(n: int) -> None:
+    def run(n: int, show: bool = progress) -> None:
         if n <= 0:
             return
         # A trial that raises (bad --data, found at the first evaluation) stops the search with that
         # error, which the CLI prints in one line; Optuna's own log of it would add a traceback.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
-            study.optimize(objective, n_trials=n, n_jobs=n_jobs, show_progress_bar=progress, catch=())
+            study.optimize(objective, n_trials=n, n_jobs=n_jobs, show_progress_bar=show, catch=())
         finally:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    # The cache-guided pass: each promising shape is queued as a trial of the study and run like any
+    # other (heartbeat, retry), so workers sharing the study split the shapes between them; a worker
+    # whose remaining shapes are all being evaluated elsewhere waits for their results.
+    heartbeats = bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+    attempted: set[Shape] = set()
+    waiting_since: float | None = None
     bar = tqdm(desc="cache-guided evaluations", unit="shape", disable=not (guided and progress), leave=False)
-    while guided and (pick := next_to_evaluate(latency, budget_ms, known, higher_is_better)) is not None:
-        # evaluated outside a sampler trial and added to the study complete: the cache is the record
-        known[pick] = cache.quality(pick, evaluate)
-        bar.update()
-        ran += 1
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=trial_params(pick),
-                distributions=distributions(space),
-                value=known[pick],
-                user_attrs={"shape": shape_key(pick), "latency_ms": latency[pick], "picked_by": GUIDED},
-                system_attrs={"constraints": (latency[pick] - budget_ms,)},
-            )
-        )
+    while guided:
+        cache.refresh()
+        known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
+        ranked = promising(latency, budget_ms, known, higher_is_better)
+        busy = shapes_in_progress(study, space)
+        free = [shape for shape in ranked if shape not in busy and shape not in attempted]
+        if not ranked or not (free or busy & set(ranked)):
+            break
+        if free:
+            attempted.add(free[0])
+            study.enqueue_trial(trial_params(free[0]), user_attrs={"picked_by": GUIDED}, skip_if_exists=True)
+        elif not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            # every promising shape left is another worker's: wait for its result; a lost worker's
+            # trial is failed and queued again (heartbeats), or given up on after `GUIDE_PATIENCE_S`
+            waiting_since = waiting_since or time.monotonic()
+            if heartbeats:
+                optuna.storages.fail_stale_trials(study)
+            elif time.monotonic() - waiting_since > GUIDE_PATIENCE_S:
+                break
+            time.sleep(GUIDE_POLL_S)
+            continue
+        waiting_since = None
+        guiding = True
+        try:
+            run(1, show=False)
+        finally:
+            guiding = False
+        bar.update(cache.evaluations - evaluations_before - bar.n)
     bar.close()
 
     # Model-guided samplers keep a share of the trials for a local search along the budget
@@ -269,7 +300,7 @@ def search(
     return SearchResult(
         best=best,
         front=front,
-        trials=len(study.trials),
+        trials=len(study.get_trials(deepcopy=False, states=FINISHED)),
         evaluations=cache.evaluations - evaluations_before,
         new_trials=ran,
         fastest=fastest,

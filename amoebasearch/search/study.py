@@ -177,8 +177,13 @@ def search(
     # trial is failed and queued again by the next trial any worker starts.
     stored = len(study.get_trials(deepcopy=False, states=FINISHED))
     trials = 0 if stored >= trials else trials
-    cache.refresh()
-    known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
+
+    def cached() -> dict[Shape, float]:
+        """The quality of every shape of the space in the cache, other workers' included."""
+        cache.refresh()
+        return {shape: q for shape in latency if (q := cache.get(shape)) is not None}
+
+    known = cached()
     sampled = any(t.user_attrs.get("picked_by") != GUIDED for t in study.trials)
     guided = guide and not multi_objective and sampler in REFINING_SAMPLERS and not sampled
     guided = guided and len(finite(known)) >= GUIDE_MIN_KNOWN
@@ -212,12 +217,7 @@ def search(
         return (quality, predicted) if multi_objective else quality
 
     def evaluated() -> list[Candidate]:
-        cache.refresh()
-        return [
-            Candidate(shape, latency[shape], q)
-            for shape in latency
-            if latency[shape] <= budget_ms and (q := cache.get(shape)) is not None
-        ]
+        return [Candidate(shape, latency[shape], q) for shape, q in cached().items() if latency[shape] <= budget_ms]
 
     def best_of(candidates: list[Candidate]) -> Candidate | None:
         sign = -1.0 if higher_is_better else 1.0
@@ -242,8 +242,7 @@ def search(
     waiting_since: float | None = None
     bar = tqdm(desc="cache-guided evaluations", unit="shape", disable=not (guided and progress), leave=False)
     while guided:
-        cache.refresh()
-        known = {shape: q for shape in latency if (q := cache.get(shape)) is not None}
+        known = cached()
         ranked = promising(latency, budget_ms, known, higher_is_better)
         busy = shapes_in_progress(study, space)
         free = [shape for shape in ranked if shape not in busy and shape not in attempted]
